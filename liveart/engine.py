@@ -1,0 +1,349 @@
+"""The engine: timestamped events in, audio blocks and musical state out.
+
+Deterministic and clock-free: time is the frame counter alone, so the offline renderer and the
+live host drive the very same object. Usage::
+
+    engine = Engine(load_patch())
+    engine.schedule(events.note_on(frame=480, channel=0, note=60, velocity=100))
+    block = engine.render(128)          # shape (128, 2), float32
+    engine.state.onsets                 # notes that began in that block
+
+Timing rules (the same for every block size):
+
+- note on/off, sustain pedal, all-notes-off, all-sound-off and program changes act at their exact
+  frame;
+- continuous controls (pitch bend, volume, pan, expression, mapped CCs) act at the first control
+  hop boundary at or after their frame and ramp over one hop, so they never click;
+- an event scheduled for a frame already rendered is played at the next frame and counted in
+  ``stats.late_events``.
+
+Rendering the same events with any block sizes gives the same samples to float32 precision.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import events as ev
+from .patch import CC_PARAMS, Patch
+from .synth.bank import FAR_FUTURE, VoiceBank
+from .synth.presets import frame_for_note, preset_for_program
+
+# Extra voice slots beyond the polyphony, for voices fading out after being stolen.
+STEAL_SLOTS_RATIO = 1.0
+EXACT_KINDS = (ev.NOTE_ON, ev.NOTE_OFF, ev.PROGRAM_CHANGE, ev.TEMPO)
+EXACT_CONTROLS = (ev.CC_SUSTAIN, ev.CC_ALL_SOUND_OFF, ev.CC_ALL_NOTES_OFF, ev.CC_RESET_CONTROLLERS)
+DEFAULT_TEMPO_US = 500_000
+
+
+def note_hz(note: float) -> float:
+    return 440.0 * 2.0 ** ((note - 69.0) / 12.0)
+
+
+@dataclass
+class ChannelState:
+    preset: str
+    follow_program: bool
+    volume: float
+    pan: float
+    brightness: float
+    noise: float
+    expression: float = 1.0
+    bend_semitones: float = 0.0
+    sustain: bool = False
+    program: int = 0
+    attack_scale: float = 1.0
+    release_scale: float = 1.0
+
+
+@dataclass
+class EngineStats:
+    """Health counters; read them, never log from the audio path."""
+
+    events: int = 0
+    late_events: int = 0
+    stolen_voices: int = 0
+    hard_cuts: int = 0  # a voice cut without a fade because every slot was busy
+    peak_voices: int = 0
+
+
+@dataclass
+class MusicalState:
+    """What the engine played in the last block, for the melody model and the visualizer."""
+
+    block_start: int = 0
+    block_frames: int = 0
+    tempo_us_per_beat: int = DEFAULT_TEMPO_US
+    onsets: list = field(default_factory=list)  # (frame, channel, note, velocity) in this block
+    peak: float = 0.0  # largest absolute sample of the block
+    rms: float = 0.0
+
+    @property
+    def tempo_bpm(self) -> float:
+        return 60e6 / self.tempo_us_per_beat
+
+
+class Engine:
+    def __init__(self, patch: Patch, sample_rate: int | None = None, seed: int = 0):
+        self.patch = patch
+        self.sample_rate = int(sample_rate or patch.audio.sample_rate)
+        self.hop_frames = patch.audio.control_hop_frames
+        self.polyphony = patch.audio.polyphony
+        self.master_gain = 10.0 ** (patch.audio.gain_db / 20.0)
+        capacity = self.polyphony + max(4, int(self.polyphony * STEAL_SLOTS_RATIO))
+        self.bank = VoiceBank(self.sample_rate, capacity, self.hop_frames, seed)
+        self.channels = [
+            ChannelState(c.preset, c.follow_program, c.volume, c.pan, c.brightness, c.noise)
+            for c in patch.channels
+        ]
+        self._slot_preset = [""] * capacity
+        self._cc_map = patch.cc_map()
+        self._queue: list[tuple[int, int, ev.Event]] = []
+        self._seq = 0
+        self._dirty_channels: set[int] = set()
+        self.frame = 0
+        self.state = MusicalState()
+        self.stats = EngineStats()
+        self._l = np.zeros(0)
+        self._r = np.zeros(0)
+
+    # ------------------------------------------------------------------ input
+    def schedule(self, event: ev.Event) -> None:
+        """Queue one event. Events may arrive in any order; they are played by frame."""
+        if event.kind not in ev.KIND_NAMES or not 0 <= event.channel <= 15:
+            raise ValueError(f"not an engine event: {event!r}")
+        effective = event.frame
+        if effective < self.frame:
+            self.stats.late_events += 1
+            effective = self.frame
+        if event.kind == ev.PITCH_BEND or (event.kind == ev.CONTROL_CHANGE and event.a not in EXACT_CONTROLS):
+            # Ramps start on hop boundaries only, so one ramp always ends before the next begins.
+            effective = -(-effective // self.hop_frames) * self.hop_frames
+        heapq.heappush(self._queue, (effective, self._seq, event))
+        self._seq += 1
+
+    def schedule_many(self, events) -> None:
+        for e in events:
+            self.schedule(e)
+
+    def all_notes_off(self, frame: int | None = None) -> None:
+        """Release every note on every channel (pedal too) at ``frame`` (default: now)."""
+        frame = self.frame if frame is None else frame
+        for c in range(16):
+            self.schedule(ev.control_change(frame, c, ev.CC_SUSTAIN, 0))
+            self.schedule(ev.control_change(frame, c, ev.CC_ALL_NOTES_OFF, 0))
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._queue)
+
+    @property
+    def next_event_frame(self) -> int | None:
+        return self._queue[0][0] if self._queue else None
+
+    def sounding_voices(self) -> int:
+        return int(np.count_nonzero(self.bank.t_end > self.frame))
+
+    def sounding_notes(self) -> list[tuple[int, int, int]]:
+        """(channel, note, velocity) of every voice held (not yet released) now."""
+        b = self.bank
+        held = np.flatnonzero((b.t_end > self.frame) & (b.t_off >= FAR_FUTURE) & (b.t_kill >= FAR_FUTURE))
+        return [(int(b.channel[s]), int(b.note[s]), int(b.velocity[s])) for s in held]
+
+    # ------------------------------------------------------------------ output
+    def render(self, frames: int) -> np.ndarray:
+        out = np.empty((frames, 2), np.float32)
+        self.render_into(out)
+        return out
+
+    def render_into(self, out: np.ndarray) -> None:
+        """Fill ``out`` (shape (frames, 2), float32) with the next ``frames`` frames."""
+        n = out.shape[0]
+        if len(self._l) < n:
+            self._l = np.zeros(n)
+            self._r = np.zeros(n)
+        left, right = self._l[:n], self._r[:n]
+        left.fill(0.0)
+        right.fill(0.0)
+        start = self.frame
+        self.state.block_start = start
+        self.state.block_frames = n
+        self.state.onsets = []
+        t, end = start, start + n
+        while t < end:
+            self._apply_due(t)
+            stop = min(self._queue[0][0], end) if self._queue else end
+            self.bank.render(t, left[t - start : stop - start], right[t - start : stop - start])
+            t = stop
+        self.frame = end
+        out[:, 0] = left
+        out[:, 1] = right
+        out *= self.master_gain
+        peak = float(np.max(np.abs(out))) if n else 0.0
+        self.state.peak = peak
+        self.state.rms = float(np.sqrt(np.mean(np.square(out, dtype=np.float64)))) if n else 0.0
+
+    # ------------------------------------------------------------------ event handling
+    def _apply_due(self, t: int) -> None:
+        queue = self._queue
+        while queue and queue[0][0] <= t:
+            _, _, e = heapq.heappop(queue)
+            self.stats.events += 1
+            kind = e.kind
+            if kind == ev.NOTE_ON:
+                self._note_on(t, e.channel, e.a, e.b)
+            elif kind == ev.NOTE_OFF:
+                self._note_off(t, e.channel, e.a)
+            elif kind == ev.CONTROL_CHANGE:
+                self._control(t, e.channel, e.a, e.b)
+            elif kind == ev.PITCH_BEND:
+                bend = max(-8192, min(8191, e.a))
+                self.channels[e.channel].bend_semitones = bend / 8192.0 * self.patch.audio.pitch_bend_range
+                self._dirty_channels.add(e.channel)
+            elif kind == ev.PROGRAM_CHANGE:
+                ch = self.channels[e.channel]
+                ch.program = max(0, min(127, e.a))
+                if ch.follow_program:
+                    ch.preset = preset_for_program(ch.program)
+            elif kind == ev.TEMPO:
+                if e.a > 0:
+                    self.state.tempo_us_per_beat = e.a
+        if self._dirty_channels:
+            for c in sorted(self._dirty_channels):
+                self._update_channel(t, c)
+            self._dirty_channels.clear()
+
+    def _channel_gains(self, ch: ChannelState) -> tuple[float, float]:
+        gain = (ch.volume * ch.volume) * (ch.expression * ch.expression)
+        angle = (ch.pan + 1.0) * (math.pi / 4.0)
+        return gain * math.cos(angle), gain * math.sin(angle)
+
+    def _voices_of(self, t: int, channel: int) -> np.ndarray:
+        b = self.bank
+        return np.flatnonzero((b.t_end > t) & (b.channel == channel))
+
+    def _note_on(self, t: int, channel: int, note: int, velocity: int) -> None:
+        if velocity <= 0:
+            self._note_off(t, channel, note)
+            return
+        note, velocity = max(0, min(127, note)), min(127, velocity)
+        b = self.bank
+        ch = self.channels[channel]
+        # The same key again on the same channel: the old voice releases (no stacked hanging copies).
+        same = np.flatnonzero((b.t_end > t) & (b.channel == channel) & (b.note == note) & (b.t_off >= FAR_FUTURE))
+        if len(same):
+            b.release_voices(same, t)
+        sounding = np.flatnonzero((b.t_end > t) & (b.t_kill >= FAR_FUTURE))
+        if len(sounding) >= self.polyphony:
+            self._steal(t, sounding)
+        free = np.flatnonzero(b.t_end <= t)
+        if len(free):
+            slot = int(free[np.argmin(b.t_end[free])])
+        else:  # every slot busy, even the fading ones: cut the one nearest its end
+            slot = int(np.argmin(b.t_end))
+            self.stats.hard_cuts += 1
+        preset = self.patch.presets[ch.preset]
+        f0 = note_hz(note)
+        freq = f0 * 2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate
+        harmonics, noise, amp = frame_for_note(preset, f0, velocity, ch.brightness, ch.noise, self.sample_rate)
+        gain_l, gain_r = self._channel_gains(ch)
+        sr = self.sample_rate
+        b.start_voice(
+            slot, t, channel, note, velocity, f0, freq, harmonics, noise, amp, gain_l, gain_r,
+            attack=max(1.0, preset.attack_seconds * ch.attack_scale * sr),
+            decay=max(1.0, preset.decay_seconds * sr),
+            sustain=preset.sustain_level,
+            release=max(1.0, preset.release_seconds * ch.release_scale * sr),
+        )
+        if preset.sustain_level <= 0.0:
+            # A voice that decays to silence frees itself without waiting for its note-off.
+            b.t_end[slot] = t + int(math.ceil(b.attack[slot] + b.decay[slot])) + 1
+        self._slot_preset[slot] = ch.preset
+        self.state.onsets.append((t, channel, note, velocity))
+        self.stats.peak_voices = max(self.stats.peak_voices, len(sounding) + 1)
+
+    def _steal(self, t: int, sounding: np.ndarray) -> None:
+        b = self.bank
+        released = sounding[b.t_off[sounding] < FAR_FUTURE]
+        if len(released):
+            victim = released[np.argmin(b.adsr_level(released, t))]
+        else:
+            victim = sounding[np.argmin(b.t_on[sounding])]
+        b.kill_voices(np.array([victim]), t)
+        self.stats.stolen_voices += 1
+
+    def _note_off(self, t: int, channel: int, note: int) -> None:
+        b = self.bank
+        held = np.flatnonzero((b.t_end > t) & (b.channel == channel) & (b.note == note)
+                              & (b.t_off >= FAR_FUTURE) & ~b.pedal_held)
+        if len(held) == 0:
+            return
+        slot = held[np.argmin(b.t_on[held])]
+        if self.channels[channel].sustain:
+            b.pedal_held[slot] = True
+        else:
+            b.release_voices(np.array([slot]), t)
+
+    def _control(self, t: int, channel: int, control: int, value: int) -> None:
+        ch = self.channels[channel]
+        value = max(0, min(127, value))
+        b = self.bank
+        if control == ev.CC_SUSTAIN:
+            down = value >= 64
+            if ch.sustain and not down:
+                voices = self._voices_of(t, channel)
+                b.release_voices(voices[b.pedal_held[voices]], t)
+            ch.sustain = down
+            return
+        if control == ev.CC_ALL_NOTES_OFF:
+            b.release_voices(self._voices_of(t, channel), t)
+            return
+        if control == ev.CC_ALL_SOUND_OFF:
+            b.kill_voices(self._voices_of(t, channel), t)
+            return
+        if control == ev.CC_RESET_CONTROLLERS:
+            if ch.sustain:
+                voices = self._voices_of(t, channel)
+                b.release_voices(voices[b.pedal_held[voices]], t)
+            ch.sustain = False
+            ch.expression = 1.0
+            ch.bend_semitones = 0.0
+            self._dirty_channels.add(channel)
+            return
+        for mapping in self._cc_map.get(control, ()):
+            if mapping.channel is not None and mapping.channel != channel:
+                continue
+            v = mapping.value(value)
+            low, high = CC_PARAMS[mapping.param]
+            v = min(max(v, low), high)
+            if mapping.param == "attack":
+                ch.attack_scale = v
+            elif mapping.param == "release":
+                ch.release_scale = v
+            else:
+                setattr(ch, mapping.param, v)
+                self._dirty_channels.add(channel)
+
+    def _update_channel(self, t: int, channel: int) -> None:
+        """Ramp every sounding voice of ``channel`` to the channel's current controls from ``t``."""
+        voices = self._voices_of(t, channel)
+        if len(voices) == 0:
+            return
+        ch = self.channels[channel]
+        b = self.bank
+        sr = self.sample_rate
+        freq = b.f0_hz[voices] * (2.0 ** (ch.bend_semitones / 12.0) / sr)
+        harmonics = np.empty((len(voices), b.harmonics.shape[1]))
+        noise = np.empty((len(voices), b.noise_after.shape[1]))
+        for i, s in enumerate(voices):
+            preset = self.patch.presets[self._slot_preset[s]]
+            harmonics[i], noise[i], _ = frame_for_note(preset, b.f0_hz[s], int(b.velocity[s]), ch.brightness,
+                                                      ch.noise, sr)
+        b.harmonics[voices] = harmonics
+        tables = b.build_tables(harmonics, freq)
+        gain_l, gain_r = self._channel_gains(ch)
+        b.begin_ramp(voices, t, freq, np.full(len(voices), gain_l), np.full(len(voices), gain_r), tables, noise)

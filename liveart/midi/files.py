@@ -1,0 +1,87 @@
+"""MIDI files → engine events, through mido.
+
+Type 0 and type 1 files are merged into one time line with their tempo map (mido converts ticks
+to seconds); type 2 files are refused. Anything mido cannot parse becomes a :class:`MidiFileError`
+with one line that names the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import events as ev
+from ..errors import MidiFileError
+
+
+@dataclass
+class MidiPerformance:
+    """A MIDI file as a time line in seconds: (time_seconds, kind, channel, a, b) tuples, sorted."""
+
+    path: str
+    timeline: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    duration_seconds: float = 0.0
+    note_count: int = 0
+    channels: set[int] = field(default_factory=set)
+
+    def to_events(self, sample_rate: int) -> list[ev.Event]:
+        return [ev.Event(int(round(t * sample_rate)), kind, ch, a, b) for t, kind, ch, a, b in self.timeline]
+
+
+def read_midi_file(path: str | Path) -> MidiPerformance:
+    import mido  # lazy: keeps `import liveart` light
+
+    path = Path(path)
+    if not path.exists():
+        raise MidiFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise MidiFileError(f"{path}: is a directory, not a MIDI file")
+    try:
+        midi = mido.MidiFile(str(path), clip=True)
+    except PermissionError as e:
+        raise MidiFileError(f"{path}: cannot read the file (permission denied)") from e
+    except Exception as e:  # mido raises many types on malformed input; all mean "not MIDI we can read"
+        raise MidiFileError(f"{path}: not a readable MIDI file ({_reason(e)})") from e
+    if midi.type == 2:
+        raise MidiFileError(f"{path}: type 2 (asynchronous) MIDI files are not supported; convert it to type 1")
+    if midi.ticks_per_beat <= 0:
+        raise MidiFileError(f"{path}: not a readable MIDI file (ticks per beat is {midi.ticks_per_beat})")
+
+    perf = MidiPerformance(str(path))
+    now = 0.0
+    timeline = perf.timeline
+    try:
+        for msg in midi:
+            now += msg.time
+            t = msg.type
+            if t == "note_on":
+                if msg.velocity > 0:
+                    timeline.append((now, ev.NOTE_ON, msg.channel, msg.note, msg.velocity))
+                    perf.note_count += 1
+                    perf.channels.add(msg.channel)
+                else:
+                    timeline.append((now, ev.NOTE_OFF, msg.channel, msg.note, 0))
+            elif t == "note_off":
+                timeline.append((now, ev.NOTE_OFF, msg.channel, msg.note, 0))
+            elif t == "control_change":
+                timeline.append((now, ev.CONTROL_CHANGE, msg.channel, msg.control, msg.value))
+            elif t == "pitchwheel":
+                timeline.append((now, ev.PITCH_BEND, msg.channel, msg.pitch, 0))
+            elif t == "program_change":
+                timeline.append((now, ev.PROGRAM_CHANGE, msg.channel, msg.program, 0))
+            elif t == "set_tempo":
+                timeline.append((now, ev.TEMPO, 0, msg.tempo, 0))
+    except Exception as e:
+        raise MidiFileError(f"{path}: not a readable MIDI file ({_reason(e)})") from e
+    if not (now >= 0.0 and now < float("inf")):
+        raise MidiFileError(f"{path}: not a readable MIDI file (its length is {now} s)")
+    perf.duration_seconds = now
+    if perf.note_count == 0:
+        raise MidiFileError(f"{path}: contains no notes")
+    return perf
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text[:120]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,0 +1,291 @@
+"""Patches: TOML files → typed, validated configuration.
+
+A patch says which preset each MIDI channel plays, how controllers map onto parameters, and the
+audio settings. Every value is checked once, here; an invalid patch raises :class:`PatchError` with
+one line naming the file, the key, what was found and what is allowed. See ``patches/default.toml``
+for the format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import PatchError
+from .synth.presets import BUILTIN_PRESETS, N_HARMONICS, Preset
+
+PATCH_DIR = Path(__file__).resolve().parent.parent / "patches"
+DEFAULT_PATCH = "default"
+
+SAMPLE_RATES = (22050, 32000, 44100, 48000, 88200, 96000)
+MAX_POLYPHONY = 128
+MIN_POLYPHONY = 1
+
+# Parameters a controller can drive, with their natural range (low, high) and what they touch.
+CC_PARAMS: dict[str, tuple[float, float]] = {
+    "volume": (0.0, 1.0),        # channel gain, squared law as General MIDI
+    "expression": (0.0, 1.0),    # second channel gain
+    "pan": (-1.0, 1.0),          # equal-power pan
+    "brightness": (0.0, 1.0),    # spectral tilt of sounding and new notes; 0.5 = as the preset
+    "noise": (0.0, 1.0),         # noise amount of sounding and new notes; 0.5 = as the preset
+    "attack": (0.05, 10.0),      # multiplier on the preset's attack time, new notes
+    "release": (0.05, 10.0),     # multiplier on the preset's release time, new notes
+}
+
+# Controllers mapped unless a patch maps the same number to something else.
+DEFAULT_CC = ((7, "volume"), (10, "pan"), (11, "expression"), (74, "brightness"))
+
+CHANNEL_KEYS = ("preset", "follow_program", "volume", "pan", "brightness", "noise")
+PRESET_KEYS = ("base", "harmonics", "attack", "decay", "sustain", "release", "gain", "noise",
+               "noise_centre", "noise_width", "velocity_brightness")
+# TOML key in a [presets.NAME] table → Preset field.
+PRESET_FIELDS = {
+    "attack": "attack_seconds", "decay": "decay_seconds", "sustain": "sustain_level",
+    "release": "release_seconds", "gain": "gain", "noise": "noise_level",
+    "noise_centre": "noise_centre_ratio", "noise_width": "noise_width_octaves",
+    "velocity_brightness": "velocity_brightness",
+}
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    sample_rate: int = 48000
+    block_frames: int = 128
+    polyphony: int = 32
+    control_hop_frames: int = 128
+    pitch_bend_range: float = 2.0  # semitones for a full bend
+    gain_db: float = -10.0
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    preset: str = "soft_flute"
+    follow_program: bool = True  # program changes pick a preset by General MIDI family
+    volume: float = 100 / 127
+    pan: float = 0.0
+    brightness: float = 0.5
+    noise: float = 0.5
+
+
+@dataclass(frozen=True)
+class CCMapping:
+    control: int
+    param: str
+    low: float
+    high: float
+    channel: int | None = None  # 0-15, or None for every channel
+
+    def value(self, cc_value: int) -> float:
+        return self.low + (self.high - self.low) * (cc_value / 127.0)
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    source: str
+    audio: AudioSettings
+    channels: tuple[ChannelSettings, ...]  # 16, index = MIDI channel 0-15
+    presets: dict[str, Preset] = field(default_factory=dict)
+    cc: tuple[CCMapping, ...] = ()
+
+    def cc_map(self) -> dict[int, list[CCMapping]]:
+        table: dict[int, list[CCMapping]] = {}
+        for m in self.cc:
+            table.setdefault(m.control, []).append(m)
+        return table
+
+    def max_release_seconds(self) -> float:
+        return max(p.release_seconds for p in self.presets.values()) * CC_PARAMS["release"][1]
+
+
+class _Checker:
+    """Reads typed values out of a TOML table, raising PatchError with file and key."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, found: Any, allowed: str) -> PatchError:
+        return PatchError(f"{self.source}: {key}: found {found!r}; allowed {allowed}")
+
+    def table(self, data: dict, key: str, allowed_keys: tuple[str, ...] | None = None) -> dict:
+        value = data.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, dict):
+            raise self.fail(key, value, "a table")
+        if allowed_keys is not None:
+            for k in value:
+                if k not in allowed_keys:
+                    raise self.fail(f"{key}.{k}", value[k], f"no such key; keys are {', '.join(allowed_keys)}")
+        return value
+
+    def number(self, data: dict, key: str, default: float, low: float, high: float, where: str) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise self.fail(f"{where}{key}", value, f"a number from {low:g} to {high:g}")
+        return float(value)
+
+    def integer(self, data: dict, key: str, default: int, low: int, high: int, where: str) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(f"{where}{key}", value, f"an integer from {low} to {high}")
+        return value
+
+    def choice(self, data: dict, key: str, default: Any, allowed: tuple, where: str) -> Any:
+        value = data.get(key, default)
+        if value not in allowed:
+            raise self.fail(f"{where}{key}", value, "one of " + ", ".join(str(a) for a in allowed))
+        return value
+
+
+def available_patches() -> list[str]:
+    return sorted(p.stem for p in PATCH_DIR.glob("*.toml"))
+
+
+def resolve_patch_path(name_or_path: str | Path | None) -> Path:
+    """A patch name ('default') or a path to a .toml file → an existing path."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_PATCH
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists() or len(path.parts) > 1:
+        if not path.is_file():
+            raise PatchError(f"{path}: no such patch file")
+        return path
+    candidate = PATCH_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        raise PatchError(f"no patch named {str(name_or_path)!r}; available: {', '.join(available_patches()) or 'none'}")
+    return candidate
+
+
+def load_patch(name_or_path: str | Path | None = None) -> Patch:
+    path = resolve_patch_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PatchError(f"{path}: cannot read the patch ({e})") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PatchError(f"{path}: not valid TOML ({e})") from e
+    return patch_from_dict(data, str(path))
+
+
+def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
+    check = _Checker(source)
+    for key in data:
+        if key not in ("name", "description", "audio", "channels", "presets", "cc"):
+            raise check.fail(key, data[key], "no such key; top-level keys are name, description, audio, channels, presets, cc")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str):
+        raise check.fail("name", name, "a string")
+
+    a = check.table(data, "audio", ("sample_rate", "block_frames", "polyphony", "control_hop_frames",
+                                    "pitch_bend_range", "gain_db"))
+    audio = AudioSettings(
+        sample_rate=check.choice(a, "sample_rate", 48000, SAMPLE_RATES, "audio."),
+        block_frames=check.integer(a, "block_frames", 128, 16, 8192, "audio."),
+        polyphony=check.integer(a, "polyphony", 32, MIN_POLYPHONY, MAX_POLYPHONY, "audio."),
+        control_hop_frames=check.choice(a, "control_hop_frames", 128, (32, 64, 128, 256, 512), "audio."),
+        pitch_bend_range=check.number(a, "pitch_bend_range", 2.0, 0.0, 48.0, "audio."),
+        gain_db=check.number(a, "gain_db", -10.0, -60.0, 12.0, "audio."),
+    )
+
+    presets = dict(BUILTIN_PRESETS)
+    user_presets = check.table(data, "presets")
+    for pname, spec in user_presets.items():
+        where = f"presets.{pname}."
+        if not isinstance(spec, dict):
+            raise check.fail(f"presets.{pname}", spec, "a table")
+        for k in spec:
+            if k not in PRESET_KEYS:
+                raise check.fail(where + k, spec[k], f"no such key; keys are {', '.join(PRESET_KEYS)}")
+        base_name = check.choice(spec, "base", "saw_lead", tuple(BUILTIN_PRESETS), where)
+        base = BUILTIN_PRESETS[base_name]
+        changes: dict[str, Any] = {"name": pname}
+        if "harmonics" in spec:
+            h = spec["harmonics"]
+            if not isinstance(h, list) or not 1 <= len(h) <= N_HARMONICS or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in h) \
+                    or sum(h) <= 0:
+                raise check.fail(where + "harmonics", h,
+                                 f"a list of 1 to {N_HARMONICS} non-negative numbers, not all zero")
+            changes["harmonics"] = tuple(float(x) for x in h)
+        for k, fname in PRESET_FIELDS.items():
+            if k in spec:
+                v = spec[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise check.fail(where + k, v, "a number")
+                changes[fname] = float(v)
+        preset = base.replace(**changes)
+        problems = preset.validate()
+        if problems:
+            field_name, _, problem = problems[0].partition(": ")
+            key = {v: k for k, v in PRESET_FIELDS.items()}.get(field_name, field_name)
+            raise PatchError(f"{source}: {where}{key}: {problem}")
+        presets[pname] = preset
+
+    channel_tables = check.table(data, "channels")
+    allowed_channel_names = ["default"] + [str(i) for i in range(1, 17)]
+    for k in channel_tables:
+        if k not in allowed_channel_names:
+            raise check.fail(f"channels.{k}", channel_tables[k], "a table named default or a MIDI channel 1 to 16")
+    default_channel = _channel(check, channel_tables.get("default", {}), "channels.default.", ChannelSettings(), presets)
+    channels = tuple(
+        _channel(check, channel_tables.get(str(i + 1), {}), f"channels.{i + 1}.",
+                 ChannelSettings(preset="noise_hit", follow_program=False) if i == 9 and str(i + 1) not in channel_tables
+                 else default_channel, presets)
+        for i in range(16)
+    )
+
+    cc_list = data.get("cc", [])
+    if not isinstance(cc_list, list):
+        raise check.fail("cc", cc_list, "an array of tables ([[cc]])")
+    mappings: list[CCMapping] = []
+    mapped = set()
+    for i, m in enumerate(cc_list):
+        where = f"cc[{i}]."
+        if not isinstance(m, dict):
+            raise check.fail(f"cc[{i}]", m, "a table with number, param, min, max")
+        for k in m:
+            if k not in ("number", "param", "min", "max", "channel"):
+                raise check.fail(where + k, m[k], "no such key; keys are number, param, min, max, channel")
+        number = check.integer(m, "number", -1, 0, 119, where)
+        param = check.choice(m, "param", None, tuple(CC_PARAMS), where)
+        low_limit, high_limit = CC_PARAMS[param]
+        low = check.number(m, "min", low_limit, low_limit, high_limit, where)
+        high = check.number(m, "max", high_limit, low_limit, high_limit, where)
+        channel = m.get("channel")
+        if channel is not None:
+            channel = check.integer(m, "channel", 1, 1, 16, where) - 1
+        mappings.append(CCMapping(number, param, low, high, channel))
+        mapped.add(number)
+    for number, param in DEFAULT_CC:
+        if number not in mapped:
+            low, high = CC_PARAMS[param]
+            mappings.append(CCMapping(number, param, low, high, None))
+    return Patch(name, source, audio, channels, presets, tuple(mappings))
+
+
+def _channel(check: _Checker, spec: dict, where: str, base: ChannelSettings, presets: dict) -> ChannelSettings:
+    if not isinstance(spec, dict):
+        raise check.fail(where.rstrip("."), spec, "a table")
+    for k in spec:
+        if k not in CHANNEL_KEYS:
+            raise check.fail(where + k, spec[k], f"no such key; keys are {', '.join(CHANNEL_KEYS)}")
+    follow = spec.get("follow_program", base.follow_program)
+    if not isinstance(follow, bool):
+        raise check.fail(where + "follow_program", follow, "true or false")
+    return ChannelSettings(
+        preset=check.choice(spec, "preset", base.preset, tuple(presets), where),
+        follow_program=follow,
+        volume=check.number(spec, "volume", base.volume, 0.0, 1.0, where),
+        pan=check.number(spec, "pan", base.pan, -1.0, 1.0, where),
+        brightness=check.number(spec, "brightness", base.brightness, 0.0, 1.0, where),
+        noise=check.number(spec, "noise", base.noise, 0.0, 1.0, where),
+    )

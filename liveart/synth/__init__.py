@@ -1,0 +1,1 @@
+"""The synthesizer: presets (note → parameter frame) and the vectorised voice bank."""

@@ -1,0 +1,327 @@
+"""The voice bank: a polyphonic harmonic-plus-filtered-noise oscillator, vectorised over voices.
+
+Every quantity a voice plays is a *closed-form function of the absolute frame*, so a segment of
+audio can be computed in one piece for any split of time into blocks, and two splits give the
+same samples (the engine's block-size invariance rests on this):
+
+- the envelope (linear attack, exponential-shaped decay and release that reach their targets
+  exactly, a linear fade when a voice is stolen) is a function of frames since note-on/off;
+- control-rate parameters (frequency, pan gains, wavetable, noise band magnitudes) change only at
+  control-hop boundaries and then ramp linearly over exactly one hop, from ``*_before`` to
+  ``*_after``; the oscillator phase is the exact sum of the ramped frequency, anchored at the
+  ramp's start.
+
+Harmonics are played from a band-limited single-cycle wavetable per voice (built by an inverse
+FFT of the partial amplitudes, partials near Nyquist tapered to zero), read with linear
+interpolation; while a control ramp runs, the voice cross-fades from the old table to the new one.
+Noise is shared band-limited noise loops (one per band, periodic by construction), weighted per
+voice and band.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .presets import N_HARMONICS, N_NOISE_BANDS, noise_band_edges_hz
+
+TABLE_SIZE = 2048
+NOISE_LOOP_FRAMES = 1 << 17
+# Partials above TAPER_END of the sample rate are silent, below TAPER_START untouched.
+TAPER_START = 0.40
+TAPER_END = 0.45
+# Shape constant of the exponential decay/release segments.
+ENVELOPE_CURVE = 5.0
+_EXP_CURVE = math.exp(-ENVELOPE_CURVE)
+FAR_FUTURE = np.iinfo(np.int64).max // 4
+
+
+def _curve(u: np.ndarray) -> np.ndarray:
+    """1 → 0 exponential-shaped fall over u in [0, 1] that lands exactly on 0 at u = 1."""
+    fall = (np.exp(-ENVELOPE_CURVE * u) - _EXP_CURVE) * (1.0 / (1.0 - _EXP_CURVE))
+    return np.where(u >= 1.0, 0.0, fall).astype(fall.dtype, copy=False)
+
+
+def make_noise_bands(sample_rate: int, seed: int) -> np.ndarray:
+    """Band-limited noise loops, shape (N_NOISE_BANDS, NOISE_LOOP_FRAMES), float32, unit RMS each.
+
+    Made by masking the spectrum of one seeded white-noise loop, so every band is periodic with the
+    loop length (no seam) and bands do not overlap.
+    """
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.rfft(rng.standard_normal(NOISE_LOOP_FRAMES))
+    freqs = np.fft.rfftfreq(NOISE_LOOP_FRAMES, 1.0 / sample_rate)
+    edges = noise_band_edges_hz(sample_rate)
+    bands = np.empty((N_NOISE_BANDS, NOISE_LOOP_FRAMES), dtype=np.float32)
+    for b in range(N_NOISE_BANDS):
+        mask = (freqs >= edges[b]) & (freqs < edges[b + 1])
+        x = np.fft.irfft(np.where(mask, spectrum, 0), n=NOISE_LOOP_FRAMES)
+        bands[b] = x / (np.sqrt(np.mean(x * x)) or 1.0)
+    return bands
+
+
+class VoiceBank:
+    """State of ``capacity`` voice slots and the segment renderer.
+
+    The engine decides which slot plays what; this class only holds and renders. Frames are
+    absolute (int64); ``hop_frames`` is the control hop.
+    """
+
+    def __init__(self, sample_rate: int, capacity: int, hop_frames: int, seed: int = 0):
+        self.sample_rate = sample_rate
+        self.capacity = capacity
+        self.hop_frames = hop_frames
+        self.steal_fade_frames = max(16, int(round(0.004 * sample_rate)))
+        c = capacity
+        i64 = np.int64
+        # Envelope.
+        self.t_on = np.zeros(c, i64)
+        self.t_off = np.full(c, FAR_FUTURE, i64)
+        self.t_kill = np.full(c, FAR_FUTURE, i64)
+        self.t_end = np.zeros(c, i64)  # first frame at which the slot is silent for good
+        self.level_off = np.zeros(c)
+        self.attack = np.ones(c)
+        self.decay = np.ones(c)
+        self.sustain = np.ones(c)
+        self.release = np.ones(c)
+        self.amp = np.zeros(c)
+        # Who plays.
+        self.channel = np.zeros(c, np.int16)
+        self.note = np.zeros(c, np.int16)
+        self.velocity = np.zeros(c, np.int16)
+        self.pedal_held = np.zeros(c, bool)
+        self.f0_hz = np.ones(c)
+        self.harmonics = np.zeros((c, N_HARMONICS))
+        # Control ramp: parameters go from *_before to *_after over [ramp_at, ramp_at + hop).
+        self.ramp_at = np.full(c, -hop_frames, i64)
+        self.phase_at = np.zeros(c)
+        self.freq_before = np.zeros(c)  # cycles per frame
+        self.freq_after = np.zeros(c)
+        self.gain_l_before = np.zeros(c)
+        self.gain_l_after = np.zeros(c)
+        self.gain_r_before = np.zeros(c)
+        self.gain_r_after = np.zeros(c)
+        self.table_before = np.zeros((c, TABLE_SIZE + 1), np.float32)
+        self.table_after = np.zeros((c, TABLE_SIZE + 1), np.float32)
+        self.noise_before = np.zeros((c, N_NOISE_BANDS))
+        self.noise_after = np.zeros((c, N_NOISE_BANDS))
+
+        self.noise_bands = make_noise_bands(sample_rate, seed)
+        self._harmonic_numbers = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
+        self._table_scale = -0.5j * TABLE_SIZE
+
+    # ------------------------------------------------------------------ tables and envelopes
+    def build_tables(self, harmonics: np.ndarray, freq: np.ndarray) -> np.ndarray:
+        """Wavetables for partial amplitudes at frequencies.
+
+        harmonics : shape (V, N_HARMONICS) linear amplitude; freq : shape (V,) cycles per frame.
+        Returns shape (V, TABLE_SIZE + 1) float32 (the last point repeats the first, for lookup).
+        """
+        partial_freq = freq[:, None] * self._harmonic_numbers[None, :]
+        taper = np.clip((TAPER_END - partial_freq) / (TAPER_END - TAPER_START), 0.0, 1.0)
+        spectrum = np.zeros((len(freq), TABLE_SIZE // 2 + 1), np.complex128)
+        spectrum[:, 1 : N_HARMONICS + 1] = self._table_scale * harmonics * taper
+        table = np.empty((len(freq), TABLE_SIZE + 1), np.float32)
+        table[:, :TABLE_SIZE] = np.fft.irfft(spectrum, n=TABLE_SIZE, axis=1)
+        table[:, TABLE_SIZE] = table[:, 0]
+        return table
+
+    def adsr_level(self, slots: np.ndarray, frame: int) -> np.ndarray:
+        """Envelope level (without steal fade) of ``slots`` at ``frame``, shape (len(slots),)."""
+        d = (frame - self.t_on[slots]).astype(np.float64)
+        a, dcy, s = self.attack[slots], self.decay[slots], self.sustain[slots]
+        level = np.where(d < a, d / a, s + (1.0 - s) * _curve(np.clip((d - a) / dcy, 0.0, 1.0)))
+        level = np.where(d < 0, 0.0, level)
+        released = frame >= self.t_off[slots]
+        if np.any(released):
+            u = np.clip((frame - self.t_off[slots]) / self.release[slots], 0.0, 1.0)
+            level = np.where(released, self.level_off[slots] * _curve(u), level)
+        return level
+
+    def _envelope(self, act: np.ndarray, t0: int, n: int, tt: np.ndarray) -> np.ndarray:
+        """Envelope of the voices ``act`` over frames tt = t0..t0+n-1, shape (V, n), float32."""
+        env = np.empty((len(act), n), np.float32)
+        t_on = self.t_on[act]
+        a, dcy, s = self.attack[act], self.decay[act], self.sustain[act]
+        # Rows still in attack or decay inside this segment need the full formula; others sit at S.
+        moving = t_on + a + dcy > t0
+        env[~moving] = s[~moving, None]
+        if np.any(moving):
+            rows = np.flatnonzero(moving)
+            # Frame differences are exact in float32 up to 2**24 frames (5.8 min at 48 kHz); later
+            # than that a note is in its sustain and skips this branch.
+            d = (tt[None, :] - t_on[rows, None]).astype(np.float32)
+            ar = a[rows, None].astype(np.float32)
+            dr = dcy[rows, None].astype(np.float32)
+            sr = s[rows, None].astype(np.float32)
+            decay = _curve(np.clip((d - ar) / dr, 0.0, 1.0))
+            decay *= 1.0 - sr
+            decay += sr
+            env[rows] = np.where(d < ar, d / ar, decay)
+        t_off = self.t_off[act]
+        released = t_off < t0 + n
+        if np.any(released):
+            rows = np.flatnonzero(released)
+            d = (tt[None, :] - t_off[rows, None]).astype(np.float32)
+            rel = _curve(np.clip(d / self.release[act[rows], None].astype(np.float32), 0.0, 1.0))
+            rel *= self.level_off[act[rows], None].astype(np.float32)
+            env[rows] = np.where(d >= 0, rel, env[rows])
+        t_kill = self.t_kill[act]
+        killed = t_kill < t0 + n
+        if np.any(killed):
+            rows = np.flatnonzero(killed)
+            d = (tt[None, :] - t_kill[rows, None]).astype(np.float32)
+            env[rows] *= np.clip(1.0 - d / np.float32(self.steal_fade_frames), 0.0, 1.0)
+        return env
+
+    # ------------------------------------------------------------------ control ramps
+    def ramp_weight_at(self, slots: np.ndarray, frame: int) -> np.ndarray:
+        return np.clip((frame - self.ramp_at[slots]) / self.hop_frames, 0.0, 1.0)
+
+    def phase_at_frame(self, slots: np.ndarray, frame: int) -> np.ndarray:
+        d = (frame - self.ramp_at[slots]).astype(np.float64)
+        return self.phase_at[slots] + self.freq_before[slots] * d + (
+            self.freq_after[slots] - self.freq_before[slots]) * self._ramp_sum(d)
+
+    def _ramp_sum(self, d: np.ndarray) -> np.ndarray:
+        """Sum of the ramp weight min(j / hop, 1) over j = 0 .. d-1 (d >= 0)."""
+        h = float(self.hop_frames)
+        return np.where(d <= h, d * (d - 1.0) / (2.0 * h), (h - 1.0) / 2.0 + (d - h))
+
+    def begin_ramp(self, slots: np.ndarray, frame: int, freq: np.ndarray, gain_l: np.ndarray,
+                   gain_r: np.ndarray, table: np.ndarray | None, noise: np.ndarray | None) -> None:
+        """Start a one-hop ramp of ``slots`` at ``frame`` (a hop boundary) towards new values.
+
+        ``table``/``noise`` may be None to keep the current ones. Values at ``frame`` under the old
+        ramp become the new starting values, so nothing jumps.
+        """
+        if len(slots) == 0:
+            return
+        w = self.ramp_weight_at(slots, frame)
+        phase = self.phase_at_frame(slots, frame)
+        self.phase_at[slots] = phase - np.floor(phase)
+        self.freq_before[slots] = self.freq_before[slots] + (self.freq_after[slots] - self.freq_before[slots]) * w
+        self.gain_l_before[slots] = self.gain_l_before[slots] + (self.gain_l_after[slots] - self.gain_l_before[slots]) * w
+        self.gain_r_before[slots] = self.gain_r_before[slots] + (self.gain_r_after[slots] - self.gain_r_before[slots]) * w
+        # At a hop boundary the old ramp is either untouched (w = 0) or complete (w = 1).
+        # With w = 0 (a second change at the same boundary) the starting table stays and only
+        # the target moves.
+        done = slots[w >= 1.0]
+        self.table_before[done] = self.table_after[done]
+        self.noise_before[done] = self.noise_after[done]
+        self.freq_after[slots] = freq
+        self.gain_l_after[slots] = gain_l
+        self.gain_r_after[slots] = gain_r
+        if table is not None:
+            self.table_after[slots] = table
+        if noise is not None:
+            self.noise_after[slots] = noise
+        self.ramp_at[slots] = frame
+
+    def start_voice(self, slot: int, frame: int, channel: int, note: int, velocity: int, f0_hz: float,
+                    freq: float, harmonics: np.ndarray, noise: np.ndarray, amp: float, gain_l: float,
+                    gain_r: float, attack: float, decay: float, sustain: float, release: float) -> None:
+        """Put a new voice in a free ``slot`` from ``frame``. Times in frames."""
+        self.t_on[slot] = frame
+        self.t_off[slot] = FAR_FUTURE
+        self.t_kill[slot] = FAR_FUTURE
+        self.t_end[slot] = FAR_FUTURE
+        self.attack[slot], self.decay[slot], self.sustain[slot], self.release[slot] = attack, decay, sustain, release
+        self.amp[slot] = amp
+        self.channel[slot], self.note[slot], self.velocity[slot] = channel, note, velocity
+        self.pedal_held[slot] = False
+        self.f0_hz[slot] = f0_hz
+        self.harmonics[slot] = harmonics
+        self.ramp_at[slot] = frame - self.hop_frames  # no ramp running
+        self.phase_at[slot] = -freq * self.hop_frames  # so the phase is 0 at the onset
+        self.freq_before[slot] = self.freq_after[slot] = freq
+        self.gain_l_before[slot] = self.gain_l_after[slot] = gain_l
+        self.gain_r_before[slot] = self.gain_r_after[slot] = gain_r
+        table = self.build_tables(harmonics[None, :], np.array([freq]))[0]
+        self.table_before[slot] = self.table_after[slot] = table
+        self.noise_before[slot] = self.noise_after[slot] = noise
+
+    def release_voices(self, slots: np.ndarray, frame: int) -> None:
+        """Begin the release of ``slots`` at ``frame`` (voices already released are left alone)."""
+        slots = slots[self.t_off[slots] >= FAR_FUTURE]
+        if len(slots) == 0:
+            return
+        self.level_off[slots] = self.adsr_level(slots, frame)
+        self.t_off[slots] = frame
+        self.pedal_held[slots] = False
+        end = frame + np.ceil(self.release[slots]).astype(np.int64) + 1
+        self.t_end[slots] = np.minimum(self.t_end[slots], end)
+
+    def kill_voices(self, slots: np.ndarray, frame: int) -> None:
+        """Fade ``slots`` to silence over the steal fade, starting at ``frame``."""
+        slots = slots[self.t_kill[slots] >= FAR_FUTURE]
+        if len(slots) == 0:
+            return
+        self.t_kill[slots] = frame
+        self.t_end[slots] = np.minimum(self.t_end[slots], frame + self.steal_fade_frames + 1)
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, t0: int, out_l: np.ndarray, out_r: np.ndarray) -> None:
+        """Add the sound of every slot over frames t0 .. t0 + len(out_l) - 1 into out_l, out_r.
+
+        No control event may fall strictly inside the segment (the engine splits at them).
+        """
+        n = len(out_l)
+        act = np.flatnonzero(self.t_end > t0)
+        if len(act) == 0:
+            return
+        tt = np.arange(t0, t0 + n, dtype=np.int64)
+        env = self._envelope(act, t0, n, tt)
+        env *= self.amp[act, None].astype(np.float32)
+
+        ramping = bool(np.any(self.ramp_at[act] + self.hop_frames > t0))
+        d = (tt[None, :] - self.ramp_at[act, None]).astype(np.float64)
+        phase = self.phase_at[act, None] + self.freq_before[act, None] * d
+        freq_step = (self.freq_after[act] - self.freq_before[act])[:, None]
+        if ramping:
+            phase += freq_step * self._ramp_sum(d)
+        else:  # every ramp is over: the ramp sum is d - (hop + 1) / 2
+            phase += freq_step * (d - (self.hop_frames + 1) / 2.0)
+        # Table position; the integer part wraps with a mask (TABLE_SIZE is a power of two).
+        phase *= TABLE_SIZE
+        phase -= np.floor(phase * (1.0 / TABLE_SIZE)) * TABLE_SIZE
+        index = phase.astype(np.int64)
+        frac = (phase - index).astype(np.float32)
+        index += (act * (TABLE_SIZE + 1))[:, None]
+
+        bands = self._noise(t0, n)
+        osc = self._lookup(self.table_after, index, frac)
+        osc += self.noise_after[act].astype(np.float32) @ bands
+        if ramping:
+            w = np.clip(d / self.hop_frames, 0.0, 1.0).astype(np.float32)
+            before = self._lookup(self.table_before, index, frac)
+            before += self.noise_before[act].astype(np.float32) @ bands
+            osc -= before
+            osc *= w
+            osc += before
+            osc *= env
+            gain_l = self.gain_l_before[act, None] + (self.gain_l_after - self.gain_l_before)[act, None] * w
+            gain_r = self.gain_r_before[act, None] + (self.gain_r_after - self.gain_r_before)[act, None] * w
+            out_l += np.einsum("vn,vn->n", gain_l, osc)
+            out_r += np.einsum("vn,vn->n", gain_r, osc)
+        else:
+            osc *= env
+            out_l += self.gain_l_after[act].astype(np.float32) @ osc
+            out_r += self.gain_r_after[act].astype(np.float32) @ osc
+
+    @staticmethod
+    def _lookup(tables: np.ndarray, index: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        flat = tables.reshape(-1)
+        lo = flat[index]
+        hi = flat[index + 1]
+        hi -= lo
+        hi *= frac
+        hi += lo
+        return hi
+
+    def _noise(self, t0: int, n: int) -> np.ndarray:
+        start = t0 % NOISE_LOOP_FRAMES
+        if start + n <= NOISE_LOOP_FRAMES:
+            return self.noise_bands[:, start : start + n]
+        return self.noise_bands[:, (t0 + np.arange(n)) % NOISE_LOOP_FRAMES]
