@@ -13,6 +13,8 @@ from pathlib import Path
 from .. import events as ev
 from ..errors import MidiFileError
 
+MIN_DURATION_SECONDS = 0.001
+
 
 @dataclass
 class MidiPerformance:
@@ -78,6 +80,9 @@ def read_midi_file(path: str | Path) -> MidiPerformance:
     perf.duration_seconds = now
     if perf.note_count == 0:
         raise MidiFileError(f"{path}: contains no notes")
+    if now < MIN_DURATION_SECONDS:
+        raise MidiFileError(f"{path}: the whole piece lasts {now * 1000:.3f} ms (a tempo near 0, or every event "
+                            "at one instant); nothing to render")
     return perf
 
 

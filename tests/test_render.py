@@ -1,0 +1,213 @@
+"""Offline render and the command line: files in, audio out, errors as one line with an exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+import soundfile
+
+from liveart import events as ev
+from liveart.cli import main
+from liveart.errors import MidiFileError
+from liveart.hosts import offline
+from liveart.midi.files import read_midi_file
+
+from .conftest import simple_song, write_midi
+
+DEMO = Path(__file__).resolve().parent.parent / "liveart" / "data" / "demo.mid"
+
+
+def note(n, t=0, ch=0, vel=100, kind="note_on"):
+    return mido.Message(kind, channel=ch, note=n, velocity=vel, time=t)
+
+
+@pytest.mark.parametrize("midi_type", [0, 1])
+def test_tempo_changes_place_notes_in_seconds(tmp_path, midi_type):
+    # 4 beats at 120 bpm (2 s), then 60 bpm: a note 6 beats in starts at 2 + 2 = 4 s.
+    tempo = [mido.MetaMessage("set_tempo", tempo=500000, time=0),
+             mido.MetaMessage("set_tempo", tempo=1000000, time=4 * 480)]
+    notes = [note(60, 6 * 480), note(60, 480, vel=0)]
+    tracks = [sorted_merge(tempo, notes)] if midi_type == 0 else [tempo, notes]
+    path = write_midi(tmp_path / "t.mid", tracks, midi_type=midi_type)
+    events = read_midi_file(path).to_events(48000)
+    ons = [e for e in events if e.kind == ev.NOTE_ON]
+    offs = [e for e in events if e.kind == ev.NOTE_OFF]
+    assert ons[0].frame == 4 * 48000
+    assert offs[0].frame == 5 * 48000
+
+
+def sorted_merge(a, b):
+    return list(mido.merge_tracks([mido.MidiTrack(a), mido.MidiTrack(b)]))
+
+
+def test_render_writes_a_wav_with_the_piece_and_its_tail(tmp_path):
+    path = write_midi(tmp_path / "song.mid", simple_song())
+    out = tmp_path / "song.wav"
+    report = offline.render(path, out)
+    audio, sr = soundfile.read(out)
+    assert sr == 48000 and audio.shape[1] == 2
+    piece = mido.MidiFile(path).length
+    assert piece < len(audio) / sr < piece + 2.0
+    assert np.sqrt(np.mean(audio ** 2)) > 0.01
+    assert np.max(np.abs(audio)) < 1.0
+    assert report.notes == 24
+
+
+def test_several_channels_sound_with_their_own_presets(tmp_path):
+    base = [note(57, 0, ch=0), note(57, 48000, ch=0, vel=0)]
+    path_a = write_midi(tmp_path / "a.mid", [base])
+    path_b = write_midi(tmp_path / "b.mid", [[m.copy(channel=9) for m in base]])  # percussion channel
+    a, _ = soundfile.read(offline.render(path_a, tmp_path / "a.wav").output)
+    b, _ = soundfile.read(offline.render(path_b, tmp_path / "b.wav").output)
+    n = min(len(a), len(b))
+    assert np.max(np.abs(a[:n] - b[:n])) > 0.05  # a different preset plays channel 10
+
+
+def test_same_input_and_seed_give_identical_files(tmp_path):
+    path = write_midi(tmp_path / "song.mid", simple_song())
+    offline.render(path, tmp_path / "a.wav", seed=3)
+    offline.render(path, tmp_path / "b.wav", seed=3)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    # Another block size: the same samples to float precision, so 16-bit values differ by at most 1.
+    offline.render(path, tmp_path / "c.wav", seed=3, block_frames=333)
+    a, _ = soundfile.read(tmp_path / "a.wav", dtype="int16")
+    c, _ = soundfile.read(tmp_path / "c.wav", dtype="int16")
+    assert a.shape == c.shape
+    assert np.max(np.abs(a.astype(int) - c.astype(int))) <= 1
+
+
+def test_loud_mix_is_scaled_down_and_says_so(tmp_path, capsys):
+    msgs = [note(36 + i, 0, ch=i % 16, vel=127) for i in range(32)] + [note(36, 96000, vel=0)]
+    path = write_midi(tmp_path / "loud.mid", [msgs])
+    out = tmp_path / "loud.wav"
+    assert main(["render", str(path), "-o", str(out), "--format", "float"]) == 0
+    audio, _ = soundfile.read(out)
+    assert 0.95 < np.max(np.abs(audio)) <= 0.98 + 1e-6
+    err = capsys.readouterr().err
+    assert "scaled by -" in err and "does not clip" in err
+
+
+def test_interrupted_render_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = write_midi(tmp_path / "song.mid", simple_song())
+    out = tmp_path / "song.wav"
+    out.write_bytes(b"previous take")
+    calls = {"n": 0}
+    real = offline.Engine.render_into
+
+    def interrupted(self, block):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, block)
+
+    monkeypatch.setattr(offline.Engine, "render_into", interrupted)
+    assert main(["render", str(path), "-o", str(out)]) == 130
+    assert out.read_bytes() == b"previous take"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.mid", "song.wav"]
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "no such file"),
+    ("directory", "is a directory, not a MIDI file"),
+    ("text", "not a readable MIDI file"),
+    ("empty", "not a readable MIDI file"),
+    ("no_notes", "contains no notes"),
+    ("type2", "type 2"),
+])
+def test_bad_midi_input_is_one_line_and_exit_1(tmp_path, capsys, case, expected):
+    path = tmp_path / "in.mid"
+    if case == "directory":
+        path.mkdir()
+    elif case == "text":
+        path.write_text("this is not midi\n" * 20)
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "no_notes":
+        write_midi(path, [[mido.MetaMessage("set_tempo", tempo=500000, time=0)]])
+    elif case == "type2":
+        write_midi(path, [[note(60), note(60, 480, vel=0)]], midi_type=2)
+    assert main(["render", str(path), "-o", str(tmp_path / "o.wav")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("liveart: error: ") and err.count("\n") == 1
+    assert expected in err
+    assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize("output,expected", [
+    ("missing-dir/o.wav", "does not exist"),
+    ("afile/o.wav", "does not exist"),
+    (".", "is a directory"),
+    ("o.mp3", "must end in .wav or .flac"),
+])
+def test_unwritable_output_is_one_line_and_exit_1(tmp_path, capsys, output, expected):
+    path = write_midi(tmp_path / "song.mid", simple_song(2))
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / output if output != "." else tmp_path / "dir.wav"
+    if output == ".":
+        target.mkdir()
+    assert main(["render", str(path), "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("liveart: error: ") and err.count("\n") == 1 and expected in err
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["render"], "required"),
+    (["render", "x.mid"], "-o/--output"),
+    (["render", "x.mid", "-o", "o.wav", "--block", "0"], "must be greater than 0"),
+    (["render", "x.mid", "-o", "o.wav", "--sample-rate", "fast"], "not a whole number"),
+    (["render", "x.mid", "-o", "o.wav", "--format", "mp3"], "invalid choice"),
+    (["dance"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, args, expected):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+
+
+def test_unsupported_sample_rate_and_too_long_piece_exit_1(tmp_path, capsys):
+    path = write_midi(tmp_path / "song.mid", simple_song(2))
+    assert main(["render", str(path), "-o", str(tmp_path / "o.wav"), "--sample-rate", "1000"]) == 1
+    assert "sample rate 1000 Hz is not supported" in capsys.readouterr().err
+    assert main(["render", str(path), "-o", str(tmp_path / "o.wav"), "--max-minutes", "0.01"]) == 1
+    assert "the limit is 0.01 min" in capsys.readouterr().err
+
+
+def test_the_command_renders_the_demo_and_tells_where(tmp_path):
+    out = tmp_path / "demo.wav"
+    proc = subprocess.run([sys.executable, "-m", "liveart", "render", str(DEMO), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout
+    audio, sr = soundfile.read(out)
+    assert len(audio) / sr > 30
+
+
+def test_a_bad_file_through_the_real_process_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.mid"
+    path.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\x00\x00\xff\xff\x00")
+    proc = subprocess.run([sys.executable, "-m", "liveart", "render", str(path), "-o", str(tmp_path / "o.wav")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_offline_work_never_imports_the_hardware_modules(tmp_path):
+    path = write_midi(tmp_path / "song.mid", simple_song(2))
+    code = (f"import sys, liveart; liveart.render({str(path)!r}, {str(tmp_path / 'o.wav')!r}); "
+            "bad = [m for m in ('sounddevice', 'rtmidi', 'torch', 'onnxruntime') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_read_midi_file_names_the_file(tmp_path):
+    path = tmp_path / "x.mid"
+    path.write_bytes(b"MThd")
+    with pytest.raises(MidiFileError, match=str(path)):
+        read_midi_file(path)
