@@ -30,6 +30,7 @@ import numpy as np
 
 from . import events as ev
 from .patch import CC_PARAMS, Patch
+from .synth import kernel
 from .synth.bank import FAR_FUTURE, VoiceBank
 from .synth.presets import frame_for_note, preset_for_program
 
@@ -38,6 +39,7 @@ STEAL_SLOTS_RATIO = 1.0
 EXACT_KINDS = (ev.NOTE_ON, ev.NOTE_OFF, ev.PROGRAM_CHANGE, ev.TEMPO)
 EXACT_CONTROLS = (ev.CC_SUSTAIN, ev.CC_ALL_SOUND_OFF, ev.CC_ALL_NOTES_OFF, ev.CC_RESET_CONTROLLERS)
 DEFAULT_TEMPO_US = 500_000
+FRAME_CACHE_SIZE = 4096  # distinct (preset, note, velocity, controls) sounds kept with their wavetables
 
 
 def note_hz(note: float) -> float:
@@ -88,19 +90,23 @@ class MusicalState:
 
 
 class Engine:
-    def __init__(self, patch: Patch, sample_rate: int | None = None, seed: int = 0):
+    def __init__(self, patch: Patch, sample_rate: int | None = None, seed: int = 0,
+                 use_kernel: bool | None = None):
+        """``use_kernel``: None uses the compiled synth kernel when numba is installed; False forces
+        the numpy reference renderer (slower, same sound to float precision)."""
         self.patch = patch
         self.sample_rate = int(sample_rate or patch.audio.sample_rate)
         self.hop_frames = patch.audio.control_hop_frames
         self.polyphony = patch.audio.polyphony
         self.master_gain = 10.0 ** (patch.audio.gain_db / 20.0)
         capacity = self.polyphony + max(4, int(self.polyphony * STEAL_SLOTS_RATIO))
-        self.bank = VoiceBank(self.sample_rate, capacity, self.hop_frames, seed)
+        self.bank = VoiceBank(self.sample_rate, capacity, self.hop_frames, seed, use_kernel)
         self.channels = [
             ChannelState(c.preset, c.follow_program, c.volume, c.pan, c.brightness, c.noise)
             for c in patch.channels
         ]
         self._slot_preset = [""] * capacity
+        self._frame_cache: dict[tuple, tuple] = {}
         self._cc_map = patch.cc_map()
         self._queue: list[tuple[int, int, ev.Event]] = []
         self._seq = 0
@@ -108,8 +114,7 @@ class Engine:
         self.frame = 0
         self.state = MusicalState()
         self.stats = EngineStats()
-        self._l = np.zeros(0)
-        self._r = np.zeros(0)
+        self.reserve(patch.audio.block_frames)
 
     # ------------------------------------------------------------------ input
     def schedule(self, event: ev.Event) -> None:
@@ -160,32 +165,50 @@ class Engine:
         self.render_into(out)
         return out
 
+    def reserve(self, max_block_frames: int, threads: int = 1) -> None:
+        """Allocate every buffer for blocks up to ``max_block_frames`` now, so rendering allocates
+        nothing; ``threads=2`` lets large offline blocks use a second core (never in a live callback)."""
+        self._l = np.zeros(max_block_frames)
+        self._r = np.zeros(max_block_frames)
+        self.bank.reserve(max_block_frames, threads)
+
+    def close(self) -> None:
+        self.bank.close()
+
     def render_into(self, out: np.ndarray) -> None:
         """Fill ``out`` (shape (frames, 2), float32) with the next ``frames`` frames."""
         n = out.shape[0]
         if len(self._l) < n:
-            self._l = np.zeros(n)
-            self._r = np.zeros(n)
+            self.reserve(n)
         left, right = self._l[:n], self._r[:n]
         left.fill(0.0)
         right.fill(0.0)
         start = self.frame
-        self.state.block_start = start
-        self.state.block_frames = n
-        self.state.onsets = []
+        state = self.state
+        state.block_start = start
+        state.block_frames = n
+        if state.onsets:
+            state.onsets = []
         t, end = start, start + n
+        queue = self._queue
         while t < end:
-            self._apply_due(t)
-            stop = min(self._queue[0][0], end) if self._queue else end
+            if queue and queue[0][0] <= t:
+                self._apply_due(t)
+            stop = min(queue[0][0], end) if queue else end
             self.bank.render(t, left[t - start : stop - start], right[t - start : stop - start])
             t = stop
         self.frame = end
-        out[:, 0] = left
-        out[:, 1] = right
-        out *= self.master_gain
-        peak = float(np.max(np.abs(out))) if n else 0.0
-        self.state.peak = peak
-        self.state.rms = float(np.sqrt(np.mean(np.square(out, dtype=np.float64)))) if n else 0.0
+        if kernel.KERNEL_AVAILABLE:
+            peak, energy = kernel.finish_block(left, right, self.master_gain, out)
+        else:
+            left *= self.master_gain
+            right *= self.master_gain
+            out[:, 0] = left
+            out[:, 1] = right
+            peak = max(float(np.max(np.abs(left), initial=0.0)), float(np.max(np.abs(right), initial=0.0)))
+            energy = float(np.dot(left, left)) + float(np.dot(right, right))
+        state.peak = float(peak)
+        state.rms = math.sqrt(energy / (2 * n)) if n else 0.0
 
     # ------------------------------------------------------------------ event handling
     def _apply_due(self, t: int) -> None:
@@ -249,15 +272,24 @@ class Engine:
         preset = self.patch.presets[ch.preset]
         f0 = note_hz(note)
         freq = f0 * 2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate
-        harmonics, noise, amp = frame_for_note(preset, f0, velocity, ch.brightness, ch.noise, self.sample_rate)
+        # Pieces repeat notes: the frame and its wavetable are computed once per distinct sound.
+        key = (ch.preset, note, velocity, ch.brightness, ch.noise, ch.bend_semitones)
+        cached = self._frame_cache.get(key)
+        if cached is None:
+            harmonics, noise, amp = frame_for_note(preset, f0, velocity, ch.brightness, ch.noise, self.sample_rate)
+            table = b.build_tables(harmonics[None, :], np.array([freq]))[0]
+            if len(self._frame_cache) >= FRAME_CACHE_SIZE:
+                self._frame_cache.clear()
+            cached = self._frame_cache[key] = (harmonics, noise, amp, table)
+        harmonics, noise, amp, table = cached
         gain_l, gain_r = self._channel_gains(ch)
         sr = self.sample_rate
         b.start_voice(
-            slot, t, channel, note, velocity, f0, freq, harmonics, noise, amp, gain_l, gain_r,
-            attack=max(1.0, preset.attack_seconds * ch.attack_scale * sr),
-            decay=max(1.0, preset.decay_seconds * sr),
+            slot, t, channel, note, velocity, f0, freq, harmonics, noise, amp, gain_l, gain_r, table,
+            attack=max(1, round(preset.attack_seconds * ch.attack_scale * sr)),
+            decay=max(1, round(preset.decay_seconds * sr)),
             sustain=preset.sustain_level,
-            release=max(1.0, preset.release_seconds * ch.release_scale * sr),
+            release=max(1, round(preset.release_seconds * ch.release_scale * sr)),
         )
         if preset.sustain_level <= 0.0:
             # A voice that decays to silence frees itself without waiting for its note-off.

@@ -22,7 +22,8 @@ from ..errors import OutputError, RenderError
 from ..midi.files import read_midi_file
 from ..patch import SAMPLE_RATES, Patch, load_patch
 
-OFFLINE_BLOCK_FRAMES = 4096
+OFFLINE_BLOCK_FRAMES = 16384
+OFFLINE_THREADS = min(2, os.cpu_count() or 1)  # the synth splits large blocks over two cores
 MAX_BLOCK_FRAMES = 1 << 16
 CLIP_LEVEL = 0.999  # peaks above this are scaled down ...
 NORMALISE_TO = 0.98  # ... to this
@@ -91,6 +92,7 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
                           f"the limit is {max_minutes:g} min (raise it with --max-minutes)")
 
     engine = Engine(patch, sample_rate=sample_rate, seed=seed)
+    engine.reserve(block_frames, threads=OFFLINE_THREADS)
     engine.schedule_many(performance.to_events(sample_rate))
     end_frame = int(round(performance.duration_seconds * sample_rate))
     engine.all_notes_off(end_frame)  # notes the file never ends still end
@@ -119,12 +121,17 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
                 step = 1 << 18
                 for i in range(0, length, step):
                     chunk = mix[i : min(i + step, length)]
-                    f.write(chunk * np.float32(gain) if gain != 1.0 else chunk)
+                    if gain != 1.0:
+                        chunk = chunk * np.float32(gain)
+                    if audio_format == "pcm16":  # numpy rounds faster than libsndfile converts
+                        chunk = np.rint(np.clip(chunk, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+                    f.write(chunk)
             os.replace(temp_out, wav_path)
         except (OSError, RuntimeError) as e:  # soundfile raises RuntimeError-derived LibsndfileError
             raise OutputError(f"{wav_path}: cannot write the audio ({e})") from e
         temp_paths.remove(temp_out)
     finally:
+        engine.close()
         for p in temp_paths:
             try:
                 os.unlink(p)

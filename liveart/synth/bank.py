@@ -21,9 +21,11 @@ voice and band.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import kernel
 from .presets import N_HARMONICS, N_NOISE_BANDS, noise_band_edges_hz
 
 TABLE_SIZE = 2048
@@ -35,6 +37,10 @@ TAPER_END = 0.45
 ENVELOPE_CURVE = 5.0
 _EXP_CURVE = math.exp(-ENVELOPE_CURVE)
 FAR_FUTURE = np.iinfo(np.int64).max // 4
+# Segments with more voice-frames than this are split over two threads when a helper is reserved.
+PARALLEL_MIN_VOICE_FRAMES = 8192
+# The compiled kernel steps exponential envelope segments by multiplication, re-anchored here.
+ENVELOPE_ANCHOR = 64
 
 
 def _curve(u: np.ndarray) -> np.ndarray:
@@ -68,7 +74,8 @@ class VoiceBank:
     absolute (int64); ``hop_frames`` is the control hop.
     """
 
-    def __init__(self, sample_rate: int, capacity: int, hop_frames: int, seed: int = 0):
+    def __init__(self, sample_rate: int, capacity: int, hop_frames: int, seed: int = 0,
+                 use_kernel: bool | None = None):
         self.sample_rate = sample_rate
         self.capacity = capacity
         self.hop_frames = hop_frames
@@ -104,10 +111,15 @@ class VoiceBank:
         self.gain_r_after = np.zeros(c)
         self.table_before = np.zeros((c, TABLE_SIZE + 1), np.float32)
         self.table_after = np.zeros((c, TABLE_SIZE + 1), np.float32)
-        self.noise_before = np.zeros((c, N_NOISE_BANDS))
-        self.noise_after = np.zeros((c, N_NOISE_BANDS))
+        self.noise_before = np.zeros((c, N_NOISE_BANDS), np.float32)
+        self.noise_after = np.zeros((c, N_NOISE_BANDS), np.float32)
 
         self.noise_bands = make_noise_bands(sample_rate, seed)
+        self._pool = None
+        self.reserve(8192)
+        self.use_kernel = kernel.KERNEL_AVAILABLE if use_kernel is None else (use_kernel and kernel.KERNEL_AVAILABLE)
+        if self.use_kernel:
+            kernel.warm_up()
         self._harmonic_numbers = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
         self._table_scale = -0.5j * TABLE_SIZE
 
@@ -221,8 +233,10 @@ class VoiceBank:
 
     def start_voice(self, slot: int, frame: int, channel: int, note: int, velocity: int, f0_hz: float,
                     freq: float, harmonics: np.ndarray, noise: np.ndarray, amp: float, gain_l: float,
-                    gain_r: float, attack: float, decay: float, sustain: float, release: float) -> None:
-        """Put a new voice in a free ``slot`` from ``frame``. Times in frames."""
+                    gain_r: float, table: np.ndarray | None, attack: float, decay: float, sustain: float,
+                    release: float) -> None:
+        """Put a new voice in a free ``slot`` from ``frame``. Times in frames; ``table`` is the
+        voice's wavetable if the caller has it (else it is built here)."""
         self.t_on[slot] = frame
         self.t_off[slot] = FAR_FUTURE
         self.t_kill[slot] = FAR_FUTURE
@@ -238,7 +252,8 @@ class VoiceBank:
         self.freq_before[slot] = self.freq_after[slot] = freq
         self.gain_l_before[slot] = self.gain_l_after[slot] = gain_l
         self.gain_r_before[slot] = self.gain_r_after[slot] = gain_r
-        table = self.build_tables(harmonics[None, :], np.array([freq]))[0]
+        if table is None:
+            table = self.build_tables(harmonics[None, :], np.array([freq]))[0]
         self.table_before[slot] = self.table_after[slot] = table
         self.noise_before[slot] = self.noise_after[slot] = noise
 
@@ -265,8 +280,60 @@ class VoiceBank:
     def render(self, t0: int, out_l: np.ndarray, out_r: np.ndarray) -> None:
         """Add the sound of every slot over frames t0 .. t0 + len(out_l) - 1 into out_l, out_r.
 
-        No control event may fall strictly inside the segment (the engine splits at them).
+        out_l, out_r : float64 arrays of the segment's length. No control event may fall strictly
+        inside the segment (the engine splits at them).
         """
+        if not self.use_kernel:
+            self.render_numpy(t0, out_l, out_r)
+            return
+        act = np.flatnonzero(self.t_end > t0)
+        if len(act) == 0:
+            return
+        n = len(out_l)
+        if self._pool is not None and len(act) >= 2 and n * len(act) >= PARALLEL_MIN_VOICE_FRAMES:
+            # Every other voice on the helper thread (the kernel releases the GIL); its sum is
+            # added after this thread's, so the result does not depend on thread timing.
+            side_l, side_r = self._side[0][:n], self._side[1][:n]
+            side_l.fill(0.0)
+            side_r.fill(0.0)
+            job = self._pool.submit(self._kernel, t0, n, act[1::2], self._scratch[1], side_l, side_r)
+            self._kernel(t0, n, act[0::2], self._scratch[0], out_l, out_r)
+            job.result()
+            out_l += side_l
+            out_r += side_r
+        else:
+            self._kernel(t0, n, act, self._scratch[0], out_l, out_r)
+
+    def _kernel(self, t0, n, act, scratch, out_l, out_r) -> None:
+        env, noise_now, noise_then = scratch
+        kernel.render_segment(
+            t0, n, act, self.t_on, self.t_off, self.t_kill, self.level_off, self.attack, self.decay,
+            self.sustain, self.release, self.amp, self.ramp_at, self.phase_at, self.freq_before,
+            self.freq_after, self.gain_l_before, self.gain_l_after, self.gain_r_before, self.gain_r_after,
+            self.table_before, self.table_after, self.noise_before, self.noise_after, self.noise_bands,
+            self.hop_frames, self.steal_fade_frames, ENVELOPE_CURVE, _EXP_CURVE, ENVELOPE_ANCHOR,
+            env, noise_now, noise_then, out_l, out_r)
+
+    def reserve(self, max_segment_frames: int, threads: int = 1) -> None:
+        """Allocate scratch for segments up to ``max_segment_frames`` long (nothing is allocated
+        while rendering), and with threads=2 split large segments over a helper thread (offline use;
+        the live audio callback stays on one thread)."""
+        n = max(1, max_segment_frames)
+        self._scratch = [(np.zeros(n), np.zeros(n, np.float32), np.zeros(n, np.float32)) for _ in range(2)]
+        self._side = (np.zeros(n), np.zeros(n))
+        if threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liveart-synth")
+        elif threads <= 1 and self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def render_numpy(self, t0: int, out_l: np.ndarray, out_r: np.ndarray) -> None:
+        """The reference renderer in numpy: the same closed forms as the compiled kernel."""
         n = len(out_l)
         act = np.flatnonzero(self.t_end > t0)
         if len(act) == 0:

@@ -16,6 +16,7 @@ the presets are the hand-made source of them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,19 +27,26 @@ N_NOISE_BANDS = 16
 NOISE_LOW_HZ = 40.0
 NOISE_HIGH_HZ = 20000.0
 
+_HARMONIC_NUMBERS = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
 # Tilt applied per unit of brightness away from the middle (0.5): amplitude *= k ** (tilt).
 BRIGHTNESS_TILT_RANGE = 2.0
 
 
+@functools.lru_cache(maxsize=8)
 def noise_band_edges_hz(sample_rate: int) -> np.ndarray:
     """Band edges in Hz, shape (N_NOISE_BANDS + 1,), geometric, below 0.45 of the sample rate."""
     high = min(NOISE_HIGH_HZ, 0.45 * sample_rate)
-    return np.geomspace(NOISE_LOW_HZ, high, N_NOISE_BANDS + 1)
+    edges = np.geomspace(NOISE_LOW_HZ, high, N_NOISE_BANDS + 1)
+    edges.flags.writeable = False  # cached: shared by every caller
+    return edges
 
 
+@functools.lru_cache(maxsize=8)
 def noise_band_centres_hz(sample_rate: int) -> np.ndarray:
     edges = noise_band_edges_hz(sample_rate)
-    return np.sqrt(edges[:-1] * edges[1:])
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    centres.flags.writeable = False
+    return centres
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ def frame_for_note(preset: Preset, f0_hz: float, velocity: int, brightness: floa
     brightness : 0..1, 0.5 is the preset as written; noise_amount : 0..1, 0.5 is as written.
     Returns (harmonics (N_HARMONICS,), noise (N_NOISE_BANDS,), amp).
     """
-    k = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
+    k = _HARMONIC_NUMBERS
     h = np.zeros(N_HARMONICS)
     h[: len(preset.harmonics)] = preset.harmonics
     tilt = (brightness - 0.5) * BRIGHTNESS_TILT_RANGE - preset.velocity_brightness * (1.0 - velocity / 127.0)

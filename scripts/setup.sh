@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Set up a checkout: the Debian packages liveart needs, the virtualenv .venv, and liveart installed
+# into it in editable mode with the dev extra. Safe to run again; fast when nothing has changed.
+# torch (the `train` extra) is never installed here.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO_ROOT/.venv"
+STAMP="$VENV/.liveart-pyproject.sha256"  # sha256 of pyproject.toml at the last good install
+APT_PACKAGES=(libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm ffmpeg jackd2)
+MIN_PYTHON="3.10"
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' (and sudo is not installed)"
+    fi
+}
+
+install_debian_packages() {
+    if ! command -v dpkg >/dev/null 2>&1; then
+        echo "setup: not a Debian system; make sure these are installed: ${APT_PACKAGES[*]}" >&2
+        return
+    fi
+    local missing=() pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        # `dpkg -s` also succeeds for removed packages whose config files remain.
+        dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return
+    echo "setup: installing Debian packages: ${missing[*]}"
+    # jackd2 asks whether to enable real-time priority; answer now so apt never prompts.
+    echo "jackd2 jackd/tweak_rt_limits boolean false" | as_root debconf-set-selections
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+python_ok() {  # usage: python_ok EXECUTABLE → succeeds if it runs and is >= MIN_PYTHON
+    "$1" -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$MIN_PYTHON'.split('.'))))" \
+        >/dev/null 2>&1
+}
+
+find_python() {
+    local candidate
+    for candidate in python3.11 python3; do
+        # A pyenv shim can exist for a version that is not installed, so run it to be sure.
+        if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+            echo "$candidate"
+            return
+        fi
+    done
+    die "no Python >= $MIN_PYTHON found (tried python3.11, python3); install one, e.g. python3.11"
+}
+
+make_venv() {
+    if [ -x "$VENV/bin/python" ] && python_ok "$VENV/bin/python"; then
+        return
+    fi
+    local python
+    python="$(find_python)"
+    echo "setup: creating .venv with $python ($("$python" --version 2>&1))"
+    # --clear replaces a broken venv (e.g. one whose Python was removed).
+    "$python" -m venv --clear "$VENV" \
+        || die "'$python -m venv' failed; on Debian install python3-venv"
+    rm -f "$STAMP"
+}
+
+pyproject_hash() {
+    "$VENV/bin/python" -c \
+        'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
+        "$REPO_ROOT/pyproject.toml"
+}
+
+install_package() {
+    local hash
+    hash="$(pyproject_hash)"
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
+        return
+    fi
+    echo "setup: installing liveart into .venv (pip install -e '.[dev]')"
+    local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+    "${pip[@]}" install -q --upgrade pip || die "upgrading pip in .venv failed (see above)"
+    (cd "$REPO_ROOT" && "${pip[@]}" install -q -e '.[dev]') \
+        || die "pip install -e '.[dev]' failed (see above)"
+    echo "$hash" >"$STAMP"
+}
+
+main() {
+    install_debian_packages
+    make_venv
+    install_package
+    echo "setup: ready ($("$VENV/bin/python" --version 2>&1) in .venv, Debian packages present)"
+}
+
+main "$@"
