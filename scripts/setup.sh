@@ -64,11 +64,26 @@ make_venv() {
     fi
     local python
     python="$(find_python)"
+    ensure_venv_module "$python"
     echo "setup: creating .venv with $python ($("$python" --version 2>&1))"
     # --clear replaces a broken venv (e.g. one whose Python was removed).
     "$python" -m venv --clear "$VENV" \
         || die "'$python -m venv' failed; on Debian install python3-venv"
     rm -f "$STAMP"
+}
+
+ensure_venv_module() {  # Debian's Python ships venv's pip bootstrap in a separate package
+    local python="$1" version
+    "$python" -c "import ensurepip, venv" >/dev/null 2>&1 && return
+    command -v apt-get >/dev/null 2>&1 || die "$python lacks the venv module; install it (python3-venv)"
+    version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    echo "setup: installing python${version}-venv (the venv module for $python)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "python${version}-venv" >/dev/null 2>&1 \
+        || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            python3-venv >/dev/null \
+        || die "could not install the venv module for $python (python3-venv)"
 }
 
 pyproject_hash() {
