@@ -165,15 +165,12 @@ class Engine:
         self.render_into(out)
         return out
 
-    def reserve(self, max_block_frames: int, threads: int = 1) -> None:
-        """Allocate every buffer for blocks up to ``max_block_frames`` now, so rendering allocates
-        nothing; ``threads=2`` lets large offline blocks use a second core (never in a live callback)."""
+    def reserve(self, max_block_frames: int) -> None:
+        """Allocate the mix and synth buffers for blocks up to ``max_block_frames`` now, so a block
+        of that size allocates no audio buffer."""
         self._l = np.zeros(max_block_frames)
         self._r = np.zeros(max_block_frames)
-        self.bank.reserve(max_block_frames, threads)
-
-    def close(self) -> None:
-        self.bank.close()
+        self.bank.reserve(max_block_frames)
 
     def render_into(self, out: np.ndarray) -> None:
         """Fill ``out`` (shape (frames, 2), float32) with the next ``frames`` frames."""

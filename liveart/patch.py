@@ -21,7 +21,8 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import PatchError
 from .synth.presets import BUILTIN_PRESETS, N_HARMONICS, Preset
 
-PATCH_DIR = Path(__file__).resolve().parent.parent / "patches"
+# The repository's patches/ folder; liveart/data/patches links to it so that wheels carry it too.
+PATCH_DIR = Path(__file__).resolve().parent / "data" / "patches"
 DEFAULT_PATCH = "default"
 
 SAMPLE_RATES = (22050, 32000, 44100, 48000, 88200, 96000)

@@ -68,8 +68,7 @@ def liveart_executable() -> Path:
 
 
 def liveart_command(midi: Path, wav: Path, sample_rate: int) -> list[str]:
-    return [str(liveart_executable()), "render", str(midi), "-o", str(wav),
-            "--sample-rate", str(sample_rate)]
+    return [str(liveart_executable()), "render", str(midi), "-o", str(wav), "--sample-rate", str(sample_rate)]
 
 
 def check_fluidsynth(soundfont: Path) -> None:

@@ -60,18 +60,6 @@ def test_compiled_kernel_matches_the_numpy_reference(preset):
     assert np.max(np.abs(fast - slow)) <= 1e-5
 
 
-def test_offline_threads_do_not_change_the_samples():
-    patch = make_patch("breathy_pad", polyphony=16)
-    events = busy_events()
-    one, _ = render_events(patch, events, 60000, block_sizes=(4096,))
-    engine = Engine(patch, sample_rate=SR)
-    engine.reserve(4096, threads=2)
-    engine.schedule_many(events)
-    two = np.concatenate([engine.render(4096) for _ in range(15)])[:60000]
-    engine.close()
-    assert np.max(np.abs(one - two)) <= 1e-6
-
-
 def test_a_note_starts_at_its_exact_frame_inside_a_block():
     patch = make_patch("pure")
     for onset in (1037, 1038, 1100):

@@ -211,3 +211,13 @@ def test_read_midi_file_names_the_file(tmp_path):
     path.write_bytes(b"MThd")
     with pytest.raises(MidiFileError, match=str(path)):
         read_midi_file(path)
+
+
+def test_the_output_gets_the_usual_file_mode(tmp_path):
+    path = write_midi(tmp_path / "song.mid", simple_song(2))
+    old = os.umask(0o022)
+    try:
+        offline.render(path, tmp_path / "o.wav")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.wav").stat().st_mode & 0o777 == 0o644

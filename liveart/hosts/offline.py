@@ -23,7 +23,6 @@ from ..midi.files import read_midi_file
 from ..patch import SAMPLE_RATES, Patch, load_patch
 
 OFFLINE_BLOCK_FRAMES = 16384
-OFFLINE_THREADS = min(2, os.cpu_count() or 1)  # the synth splits large blocks over two cores
 MAX_BLOCK_FRAMES = 1 << 16
 CLIP_LEVEL = 0.999  # peaks above this are scaled down ...
 NORMALISE_TO = 0.98  # ... to this
@@ -92,7 +91,7 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
                           f"the limit is {max_minutes:g} min (raise it with --max-minutes)")
 
     engine = Engine(patch, sample_rate=sample_rate, seed=seed)
-    engine.reserve(block_frames, threads=OFFLINE_THREADS)
+    engine.reserve(block_frames)
     engine.schedule_many(performance.to_events(sample_rate))
     end_frame = int(round(performance.duration_seconds * sample_rate))
     engine.all_notes_off(end_frame)  # notes the file never ends still end
@@ -126,12 +125,14 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
                     if audio_format == "pcm16":  # numpy rounds faster than libsndfile converts
                         chunk = np.rint(np.clip(chunk, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
                     f.write(chunk)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp_out, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
             os.replace(temp_out, wav_path)
         except (OSError, RuntimeError) as e:  # soundfile raises RuntimeError-derived LibsndfileError
             raise OutputError(f"{wav_path}: cannot write the audio ({e})") from e
         temp_paths.remove(temp_out)
     finally:
-        engine.close()
         for p in temp_paths:
             try:
                 os.unlink(p)

@@ -21,7 +21,6 @@ voice and band.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,8 +36,6 @@ TAPER_END = 0.45
 ENVELOPE_CURVE = 5.0
 _EXP_CURVE = math.exp(-ENVELOPE_CURVE)
 FAR_FUTURE = np.iinfo(np.int64).max // 4
-# Segments with more voice-frames than this are split over two threads when a helper is reserved.
-PARALLEL_MIN_VOICE_FRAMES = 8192
 # The compiled kernel steps exponential envelope segments by multiplication, re-anchored here.
 ENVELOPE_ANCHOR = 64
 
@@ -115,7 +112,6 @@ class VoiceBank:
         self.noise_after = np.zeros((c, N_NOISE_BANDS), np.float32)
 
         self.noise_bands = make_noise_bands(sample_rate, seed)
-        self._pool = None
         self.reserve(8192)
         self.use_kernel = kernel.KERNEL_AVAILABLE if use_kernel is None else (use_kernel and kernel.KERNEL_AVAILABLE)
         if self.use_kernel:
@@ -289,23 +285,10 @@ class VoiceBank:
         act = np.flatnonzero(self.t_end > t0)
         if len(act) == 0:
             return
-        n = len(out_l)
-        if self._pool is not None and len(act) >= 2 and n * len(act) >= PARALLEL_MIN_VOICE_FRAMES:
-            # Every other voice on the helper thread (the kernel releases the GIL); its sum is
-            # added after this thread's, so the result does not depend on thread timing.
-            side_l, side_r = self._side[0][:n], self._side[1][:n]
-            side_l.fill(0.0)
-            side_r.fill(0.0)
-            job = self._pool.submit(self._kernel, t0, n, act[1::2], self._scratch[1], side_l, side_r)
-            self._kernel(t0, n, act[0::2], self._scratch[0], out_l, out_r)
-            job.result()
-            out_l += side_l
-            out_r += side_r
-        else:
-            self._kernel(t0, n, act, self._scratch[0], out_l, out_r)
+        self._kernel(t0, len(out_l), act, out_l, out_r)
 
-    def _kernel(self, t0, n, act, scratch, out_l, out_r) -> None:
-        env, noise_now, noise_then = scratch
+    def _kernel(self, t0, n, act, out_l, out_r) -> None:
+        env, noise_now, noise_then = self._scratch
         kernel.render_segment(
             t0, n, act, self.t_on, self.t_off, self.t_kill, self.level_off, self.attack, self.decay,
             self.sustain, self.release, self.amp, self.ramp_at, self.phase_at, self.freq_before,
@@ -314,23 +297,11 @@ class VoiceBank:
             self.hop_frames, self.steal_fade_frames, ENVELOPE_CURVE, _EXP_CURVE, ENVELOPE_ANCHOR,
             env, noise_now, noise_then, out_l, out_r)
 
-    def reserve(self, max_segment_frames: int, threads: int = 1) -> None:
-        """Allocate scratch for segments up to ``max_segment_frames`` long (nothing is allocated
-        while rendering), and with threads=2 split large segments over a helper thread (offline use;
-        the live audio callback stays on one thread)."""
+    def reserve(self, max_segment_frames: int) -> None:
+        """Allocate kernel scratch for segments up to ``max_segment_frames`` long, so that rendering
+        allocates nothing."""
         n = max(1, max_segment_frames)
-        self._scratch = [(np.zeros(n), np.zeros(n, np.float32), np.zeros(n, np.float32)) for _ in range(2)]
-        self._side = (np.zeros(n), np.zeros(n))
-        if threads > 1 and self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liveart-synth")
-        elif threads <= 1 and self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        self._scratch = (np.zeros(n), np.zeros(n, np.float32), np.zeros(n, np.float32))
 
     def render_numpy(self, t0: int, out_l: np.ndarray, out_r: np.ndarray) -> None:
         """The reference renderer in numpy: the same closed forms as the compiled kernel."""

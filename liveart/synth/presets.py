@@ -101,21 +101,27 @@ BUILTIN_PRESETS: dict[str, Preset] = {
     for p in (
         # 1/k: the spectrum of a sawtooth, band-limited by construction.
         Preset("saw_lead", _series(lambda k: 1.0 / k), 0.004, 0.25, 0.7, 0.15, gain=0.9,
-               noise_level=0.02, noise_centre_ratio=8.0),
-        # Strong fundamental, weak upper partials, breath noise around the 3rd-6th partials.
+               noise_level=0.01, noise_centre_ratio=8.0),
+        # Strong fundamental, weak upper partials, breath noise around the 3rd-6th partials, ~17 dB under the tone.
         Preset("soft_flute", _series(lambda k: k ** -2.6 if k > 1 else 1.0), 0.06, 0.15, 0.85, 0.18,
-               gain=1.0, noise_level=0.12, noise_centre_ratio=4.0, noise_width_octaves=1.2,
+               gain=1.0, noise_level=0.05, noise_centre_ratio=4.0, noise_width_octaves=1.0,
                velocity_brightness=0.6),
         # Drawbars 16', 8', 5 1/3', 4', 2 2/3', 2' on a fundamental an octave below: partials 1,2,3,4,6,8.
         Preset("organ", _series(lambda k: {1: 0.8, 2: 1.0, 3: 0.6, 4: 0.5, 6: 0.35, 8: 0.3}.get(k, 0.0)),
-               0.006, 0.05, 1.0, 0.06, gain=0.8, noise_level=0.01, noise_centre_ratio=6.0,
+               0.006, 0.05, 1.0, 0.06, gain=0.8, noise_level=0.004, noise_centre_ratio=6.0,
                velocity_brightness=0.0),
-        # Soft odd-heavy spectrum, slow envelope, a lot of band noise.
+        # Soft odd-heavy spectrum, slow envelope, breath noise about 8 dB under the tone (a pad is meant to breathe).
         Preset("breathy_pad", _series(lambda k: (1.0 if k % 2 else 0.5) * k ** -1.6), 0.35, 1.0, 0.8,
-               1.2, gain=0.8, noise_level=0.35, noise_centre_ratio=3.0, noise_width_octaves=2.5),
+               1.2, gain=0.8, noise_level=0.1, noise_centre_ratio=3.0, noise_width_octaves=2.5),
+        # Bowed strings: a saw-like spectrum rolled off a little, a bowed attack, bow noise up high.
+        Preset("strings", _series(lambda k: k ** -1.15), 0.09, 0.4, 0.85, 0.3, gain=0.85,
+               noise_level=0.015, noise_centre_ratio=12.0, noise_width_octaves=1.2, velocity_brightness=1.0),
+        # Reeds: odd partials lead (clarinet-like), a little breath.
+        Preset("reed", _series(lambda k: (1.0 if k % 2 else 0.3) * k ** -0.9), 0.025, 0.2, 0.9, 0.1, gain=0.8,
+               noise_level=0.025, noise_centre_ratio=6.0, noise_width_octaves=1.2, velocity_brightness=1.0),
         # Bright attack that decays to nothing: plucked strings, mallets, bass lines.
         Preset("pluck", _series(lambda k: k ** -1.3 * (1.0 - 0.5 * (k % 5 == 0))), 0.002, 1.4, 0.0, 0.25,
-               gain=1.1, noise_level=0.03, noise_centre_ratio=10.0, velocity_brightness=1.2),
+               gain=1.1, noise_level=0.015, noise_centre_ratio=10.0, velocity_brightness=1.2),
         # Mostly noise with a short envelope: percussion (GM channel 10).
         Preset("noise_hit", _series(lambda k: 1.0 if k == 1 else 0.0), 0.001, 0.12, 0.0, 0.08, gain=0.7,
                noise_level=2.5, noise_centre_ratio=12.0, noise_width_octaves=2.0, velocity_brightness=0.3),
@@ -129,10 +135,10 @@ GM_FAMILY_PRESETS = (
     "organ",        # 16-23 organ
     "pluck",        # 24-31 guitar
     "pluck",        # 32-39 bass
-    "breathy_pad",  # 40-47 strings
-    "breathy_pad",  # 48-55 ensemble
+    "strings",      # 40-47 strings
+    "strings",      # 48-55 ensemble
     "saw_lead",     # 56-63 brass
-    "soft_flute",   # 64-71 reed
+    "reed",         # 64-71 reed
     "soft_flute",   # 72-79 pipe
     "saw_lead",     # 80-87 synth lead
     "breathy_pad",  # 88-95 synth pad
