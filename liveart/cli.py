@@ -7,6 +7,7 @@ Exit status: 0 done, 1 bad input or a failed render (a LiveartError), 2 bad argu
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from . import __version__
@@ -15,6 +16,15 @@ from .errors import LiveartError
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that renders clean up their temporary files."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
     try:
         if args.command == "render":
             return _render(args)
@@ -98,9 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("liveart: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print("liveart: terminated; no output was written", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_USAGE
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _render(args) -> int:

@@ -221,3 +221,29 @@ def test_the_output_gets_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "o.wav").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("when", ["rendering", "writing"])
+@pytest.mark.parametrize("sig,code", [("INT", 130), ("TERM", 143)])
+def test_a_signal_mid_render_leaves_no_files(tmp_path, sig, code, when):
+    """A long render stopped by Ctrl-C or SIGTERM while it renders (the mix is in memory) or while it
+    writes (a temporary file exists): exit status, one line, no partial or temporary file."""
+    import signal
+    import time
+
+    long_piece = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "piece_5min.mid"
+    out = tmp_path / "x.wav"
+    proc = subprocess.Popen([sys.executable, "-m", "liveart", "render", str(long_piece), "-o", str(out), "-q"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    if when == "rendering":
+        time.sleep(1.0)  # past start-up (about 0.6 s), well before the end of rendering (about 2 s)
+    while when == "writing" and not any(p.name.startswith(".") for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    assert proc.poll() is None, "the render must still be running"
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert err.count("\n") == 1 and "no output was written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
