@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +37,9 @@ from .synth.presets import frame_for_note, preset_for_program
 
 # Extra voice slots beyond the polyphony, for voices fading out after being stolen.
 STEAL_SLOTS_RATIO = 1.0
-EXACT_KINDS = (ev.NOTE_ON, ev.NOTE_OFF, ev.PROGRAM_CHANGE, ev.TEMPO)
-EXACT_CONTROLS = (ev.CC_SUSTAIN, ev.CC_ALL_SOUND_OFF, ev.CC_ALL_NOTES_OFF, ev.CC_RESET_CONTROLLERS)
+# Internal queue entry: a hop boundary at which a channel's sounding voices follow its controls.
+_RAMP = -1
+_PITCH, _GAIN, _TIMBRE = 1, 2, 4  # what a ramp must update
 DEFAULT_TEMPO_US = 500_000
 FRAME_CACHE_SIZE = 4096  # distinct (preset, note, velocity, controls) sounds kept with their wavetables
 
@@ -107,10 +109,11 @@ class Engine:
         ]
         self._slot_preset = [""] * capacity
         self._frame_cache: dict[tuple, tuple] = {}
+        self._table_cache: dict[tuple, np.ndarray] = {}
         self._cc_map = patch.cc_map()
         self._queue: list[tuple[int, int, ev.Event]] = []
         self._seq = 0
-        self._dirty_channels: set[int] = set()
+        self._ramp_flags: dict[int, int] = {}  # channel → what its pending ramp updates
         self.frame = 0
         self.state = MusicalState()
         self.stats = EngineStats()
@@ -118,17 +121,19 @@ class Engine:
 
     # ------------------------------------------------------------------ input
     def schedule(self, event: ev.Event) -> None:
-        """Queue one event. Events may arrive in any order; they are played by frame."""
-        if event.kind not in ev.KIND_NAMES or not 0 <= event.channel <= 15:
-            raise ValueError(f"not an engine event: {event!r}")
-        effective = event.frame
-        if effective < self.frame:
+        """Queue one event. Events may arrive in any order; they are played by frame.
+
+        Raises ValueError for an event no MIDI message could produce (so nothing can hang on a
+        note number that a note-off could never name).
+        """
+        problem = _event_problem(event)
+        if problem:
+            raise ValueError(f"not an engine event ({problem}): {event!r}")
+        frame = int(event.frame)
+        if frame < self.frame:
             self.stats.late_events += 1
-            effective = self.frame
-        if event.kind == ev.PITCH_BEND or (event.kind == ev.CONTROL_CHANGE and event.a not in EXACT_CONTROLS):
-            # Ramps start on hop boundaries only, so one ramp always ends before the next begins.
-            effective = -(-effective // self.hop_frames) * self.hop_frames
-        heapq.heappush(self._queue, (effective, self._seq, event))
+            frame = self.frame
+        heapq.heappush(self._queue, (frame, self._seq, event))
         self._seq += 1
 
     def schedule_many(self, events) -> None:
@@ -212,8 +217,11 @@ class Engine:
         queue = self._queue
         while queue and queue[0][0] <= t:
             _, _, e = heapq.heappop(queue)
-            self.stats.events += 1
             kind = e.kind
+            if kind == _RAMP:  # a hop boundary after control changes: sounding voices follow
+                self._update_channel(t, e.channel, self._ramp_flags.pop(e.channel))
+                continue
+            self.stats.events += 1
             if kind == ev.NOTE_ON:
                 self._note_on(t, e.channel, e.a, e.b)
             elif kind == ev.NOTE_OFF:
@@ -221,21 +229,26 @@ class Engine:
             elif kind == ev.CONTROL_CHANGE:
                 self._control(t, e.channel, e.a, e.b)
             elif kind == ev.PITCH_BEND:
-                bend = max(-8192, min(8191, e.a))
-                self.channels[e.channel].bend_semitones = bend / 8192.0 * self.patch.audio.pitch_bend_range
-                self._dirty_channels.add(e.channel)
+                self.channels[e.channel].bend_semitones = e.a / 8192.0 * self.patch.audio.pitch_bend_range
+                self._request_ramp(t, e.channel, _PITCH)
             elif kind == ev.PROGRAM_CHANGE:
                 ch = self.channels[e.channel]
-                ch.program = max(0, min(127, e.a))
+                ch.program = e.a
                 if ch.follow_program:
                     ch.preset = preset_for_program(ch.program)
             elif kind == ev.TEMPO:
-                if e.a > 0:
-                    self.state.tempo_us_per_beat = e.a
-        if self._dirty_channels:
-            for c in sorted(self._dirty_channels):
-                self._update_channel(t, c)
-            self._dirty_channels.clear()
+                self.state.tempo_us_per_beat = e.a
+
+    def _request_ramp(self, t: int, channel: int, flags: int) -> None:
+        """Controls act on the channel at once (a note starting now uses them); voices already
+        sounding ramp to them from the next control hop boundary, over one hop."""
+        if channel in self._ramp_flags:
+            self._ramp_flags[channel] |= flags
+            return
+        self._ramp_flags[channel] = flags
+        boundary = -(-t // self.hop_frames) * self.hop_frames
+        heapq.heappush(self._queue, (boundary, self._seq, ev.Event(boundary, _RAMP, channel)))
+        self._seq += 1
 
     def _channel_gains(self, ch: ChannelState) -> tuple[float, float]:
         gain = (ch.volume * ch.volume) * (ch.expression * ch.expression)
@@ -250,7 +263,6 @@ class Engine:
         if velocity <= 0:
             self._note_off(t, channel, note)
             return
-        note, velocity = max(0, min(127, note)), min(127, velocity)
         b = self.bank
         ch = self.channels[channel]
         # The same key again on the same channel: the old voice releases (no stacked hanging copies).
@@ -269,31 +281,27 @@ class Engine:
         preset = self.patch.presets[ch.preset]
         f0 = note_hz(note)
         freq = f0 * 2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate
-        # Pieces repeat notes: the frame and its wavetable are computed once per distinct sound.
+        harmonics, noise, amp = self._timbre(ch.preset, note, velocity, ch)
+        # Pieces repeat notes: a wavetable is built once per distinct sound and pitch.
         key = (ch.preset, note, velocity, ch.brightness, ch.noise, ch.bend_semitones)
-        cached = self._frame_cache.get(key)
-        if cached is None:
-            harmonics, noise, amp = frame_for_note(preset, f0, velocity, ch.brightness, ch.noise, self.sample_rate)
-            table = b.build_tables(harmonics[None, :], np.array([freq]))[0]
-            if len(self._frame_cache) >= FRAME_CACHE_SIZE:
-                self._frame_cache.clear()
-            cached = self._frame_cache[key] = (harmonics, noise, amp, table)
-        harmonics, noise, amp, table = cached
+        table = self._table_cache.get(key)
+        if table is None:
+            if len(self._table_cache) >= FRAME_CACHE_SIZE:
+                self._table_cache.clear()
+            table = self._table_cache[key] = b.build_tables(harmonics[None, :], np.array([freq]))[0]
         gain_l, gain_r = self._channel_gains(ch)
         sr = self.sample_rate
         b.start_voice(
             slot, t, channel, note, velocity, f0, freq, harmonics, noise, amp, gain_l, gain_r, table,
-            attack=max(1, round(preset.attack_seconds * ch.attack_scale * sr)),
-            decay=max(1, round(preset.decay_seconds * sr)),
-            sustain=preset.sustain_level,
-            release=max(1, round(preset.release_seconds * ch.release_scale * sr)),
+            attack_frames=max(1, round(preset.attack_seconds * ch.attack_scale * sr)),
+            decay_frames=max(1, round(preset.decay_seconds * sr)),
+            sustain_level=preset.sustain_level,
+            release_frames=max(1, round(preset.release_seconds * ch.release_scale * sr)),
         )
-        if preset.sustain_level <= 0.0:
-            # A voice that decays to silence frees itself without waiting for its note-off.
-            b.t_end[slot] = t + int(math.ceil(b.attack[slot] + b.decay[slot])) + 1
         self._slot_preset[slot] = ch.preset
         self.state.onsets.append((t, channel, note, velocity))
-        self.stats.peak_voices = max(self.stats.peak_voices, len(sounding) + 1)
+        self.stats.peak_voices = max(self.stats.peak_voices,
+                                     int(np.count_nonzero((b.t_end > t) & (b.t_kill >= FAR_FUTURE))))
 
     def _steal(self, t: int, sounding: np.ndarray) -> None:
         b = self.bank
@@ -319,60 +327,92 @@ class Engine:
 
     def _control(self, t: int, channel: int, control: int, value: int) -> None:
         ch = self.channels[channel]
-        value = max(0, min(127, value))
         b = self.bank
         if control == ev.CC_SUSTAIN:
             down = value >= 64
             if ch.sustain and not down:
-                voices = self._voices_of(t, channel)
-                b.release_voices(voices[b.pedal_held[voices]], t)
+                self._release_pedal(t, channel)
             ch.sustain = down
-            return
-        if control == ev.CC_ALL_NOTES_OFF:
+        elif control == ev.CC_ALL_NOTES_OFF:
             b.release_voices(self._voices_of(t, channel), t)
-            return
-        if control == ev.CC_ALL_SOUND_OFF:
+        elif control == ev.CC_ALL_SOUND_OFF:
             b.kill_voices(self._voices_of(t, channel), t)
-            return
-        if control == ev.CC_RESET_CONTROLLERS:
+        elif control == ev.CC_RESET_CONTROLLERS:
             if ch.sustain:
-                voices = self._voices_of(t, channel)
-                b.release_voices(voices[b.pedal_held[voices]], t)
+                self._release_pedal(t, channel)
             ch.sustain = False
             ch.expression = 1.0
             ch.bend_semitones = 0.0
-            self._dirty_channels.add(channel)
-            return
+            self._request_ramp(t, channel, _PITCH | _GAIN)
         for mapping in self._cc_map.get(control, ()):
             if mapping.channel is not None and mapping.channel != channel:
                 continue
-            v = mapping.value(value)
             low, high = CC_PARAMS[mapping.param]
-            v = min(max(v, low), high)
+            v = min(max(mapping.value(value), low), high)
             if mapping.param == "attack":
                 ch.attack_scale = v
             elif mapping.param == "release":
                 ch.release_scale = v
             else:
                 setattr(ch, mapping.param, v)
-                self._dirty_channels.add(channel)
+                self._request_ramp(t, channel, _TIMBRE if mapping.param in ("brightness", "noise") else _GAIN)
 
-    def _update_channel(self, t: int, channel: int) -> None:
+    def _release_pedal(self, t: int, channel: int) -> None:
+        voices = self._voices_of(t, channel)
+        self.bank.release_voices(voices[self.bank.pedal_held[voices]], t)
+
+    def _timbre(self, preset_name: str, note: int, velocity: int, ch: ChannelState):
+        """(harmonics, noise, amp) of a note under the channel's controls; cached per distinct sound."""
+        key = (preset_name, note, velocity, ch.brightness, ch.noise)
+        frame = self._frame_cache.get(key)
+        if frame is None:
+            if len(self._frame_cache) >= FRAME_CACHE_SIZE:
+                self._frame_cache.clear()
+            frame = self._frame_cache[key] = frame_for_note(
+                self.patch.presets[preset_name], note_hz(note), velocity, ch.brightness, ch.noise, self.sample_rate)
+        return frame
+
+    def _update_channel(self, t: int, channel: int, flags: int) -> None:
         """Ramp every sounding voice of ``channel`` to the channel's current controls from ``t``."""
         voices = self._voices_of(t, channel)
         if len(voices) == 0:
             return
         ch = self.channels[channel]
         b = self.bank
-        sr = self.sample_rate
-        freq = b.f0_hz[voices] * (2.0 ** (ch.bend_semitones / 12.0) / sr)
-        harmonics = np.empty((len(voices), b.harmonics.shape[1]))
-        noise = np.empty((len(voices), b.noise_after.shape[1]))
-        for i, s in enumerate(voices):
-            preset = self.patch.presets[self._slot_preset[s]]
-            harmonics[i], noise[i], _ = frame_for_note(preset, b.f0_hz[s], int(b.velocity[s]), ch.brightness,
-                                                      ch.noise, sr)
-        b.harmonics[voices] = harmonics
-        tables = b.build_tables(harmonics, freq)
+        freq = b.f0_hz[voices] * (2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate)
+        noise = None
+        if flags & _TIMBRE:
+            frames = [self._timbre(self._slot_preset[s], int(b.note[s]), int(b.velocity[s]), ch) for s in voices]
+            b.harmonics[voices] = np.array([f[0] for f in frames])
+            noise = np.array([f[1] for f in frames])
+            tables = b.build_tables(b.harmonics[voices], freq)
+        elif flags & _PITCH:
+            tables = b.retune_tables(voices, freq)
+        else:
+            tables = None
         gain_l, gain_r = self._channel_gains(ch)
         b.begin_ramp(voices, t, freq, np.full(len(voices), gain_l), np.full(len(voices), gain_r), tables, noise)
+
+
+def _event_problem(e: ev.Event) -> str:
+    """What makes ``e`` impossible as a MIDI event, or '' when it is fine."""
+    try:
+        operator.index(e.frame)
+    except TypeError:
+        return "frame must be an integer"
+    if e.kind not in ev.KIND_NAMES:
+        return "unknown kind"
+    if not 0 <= e.channel <= 15:
+        return "channel must be 0-15"
+    if e.kind in (ev.NOTE_ON, ev.NOTE_OFF, ev.CONTROL_CHANGE):
+        if not (0 <= e.a <= 127 and 0 <= e.b <= 127):
+            return "data bytes must be 0-127"
+    elif e.kind == ev.PITCH_BEND:
+        if not -8192 <= e.a <= 8191:
+            return "bend must be -8192..8191"
+    elif e.kind == ev.PROGRAM_CHANGE:
+        if not 0 <= e.a <= 127:
+            return "program must be 0-127"
+    elif e.kind == ev.TEMPO and not 0 < e.a <= 0xFFFFFF:
+        return "tempo must be 1..16777215 microseconds per beat"
+    return ""

@@ -24,7 +24,6 @@ class MidiPerformance:
     timeline: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     duration_seconds: float = 0.0
     note_count: int = 0
-    channels: set[int] = field(default_factory=set)
 
     def to_events(self, sample_rate: int) -> list[ev.Event]:
         return [ev.Event(int(round(t * sample_rate)), kind, ch, a, b) for t, kind, ch, a, b in self.timeline]
@@ -38,6 +37,8 @@ def read_midi_file(path: str | Path) -> MidiPerformance:
         raise MidiFileError(f"{path}: no such file")
     if path.is_dir():
         raise MidiFileError(f"{path}: is a directory, not a MIDI file")
+    if not path.is_file():
+        raise MidiFileError(f"{path}: not a regular file (a pipe or a device?); give a MIDI file")
     try:
         midi = mido.MidiFile(str(path), clip=True)
     except PermissionError as e:
@@ -52,26 +53,39 @@ def read_midi_file(path: str | Path) -> MidiPerformance:
     perf = MidiPerformance(str(path))
     now = 0.0
     timeline = perf.timeline
+    open_notes: dict[tuple[int, int], int] = {}  # (channel, note) → notes sounding
+    last_on: dict[tuple[int, int], int] = {}  # (channel, note) → timeline index of its latest note-on
     try:
         for msg in midi:
             now += msg.time
             t = msg.type
-            if t == "note_on":
-                if msg.velocity > 0:
-                    timeline.append((now, ev.NOTE_ON, msg.channel, msg.note, msg.velocity))
-                    perf.note_count += 1
-                    perf.channels.add(msg.channel)
+            if t == "note_on" and msg.velocity > 0:
+                key = (msg.channel, msg.note)
+                open_notes[key] = open_notes.get(key, 0) + 1
+                last_on[key] = len(timeline)
+                timeline.append((now, ev.NOTE_ON, msg.channel, msg.note, msg.velocity))
+                perf.note_count += 1
+            elif t in ("note_on", "note_off"):
+                key = (msg.channel, msg.note)
+                off = (now, ev.NOTE_OFF, msg.channel, msg.note, 0)
+                index = last_on.get(key)
+                if open_notes.get(key, 0) >= 2 and index is not None and timeline[index][0] == now:
+                    # A repeated key written as on-then-off at one instant: the off ends the older
+                    # note, so it goes before the new note-on (otherwise it would end the new one).
+                    timeline.insert(index, off)
+                    for k, i in last_on.items():
+                        if i >= index:
+                            last_on[k] = i + 1
                 else:
-                    timeline.append((now, ev.NOTE_OFF, msg.channel, msg.note, 0))
-            elif t == "note_off":
-                timeline.append((now, ev.NOTE_OFF, msg.channel, msg.note, 0))
+                    timeline.append(off)
+                open_notes[key] = max(0, open_notes.get(key, 0) - 1)
             elif t == "control_change":
                 timeline.append((now, ev.CONTROL_CHANGE, msg.channel, msg.control, msg.value))
             elif t == "pitchwheel":
                 timeline.append((now, ev.PITCH_BEND, msg.channel, msg.pitch, 0))
             elif t == "program_change":
                 timeline.append((now, ev.PROGRAM_CHANGE, msg.channel, msg.program, 0))
-            elif t == "set_tempo":
+            elif t == "set_tempo" and msg.tempo > 0:  # mido times a tempo of 0 as no time at all
                 timeline.append((now, ev.TEMPO, 0, msg.tempo, 0))
     except Exception as e:
         raise MidiFileError(f"{path}: not a readable MIDI file ({_reason(e)})") from e

@@ -46,6 +46,17 @@ def _curve(u: np.ndarray) -> np.ndarray:
     return np.where(u >= 1.0, 0.0, fall).astype(fall.dtype, copy=False)
 
 
+def _noise_offset(frame: int, channel: int, note: int) -> int:
+    """A deterministic start in the noise loops for a voice, spread over the whole loop (a 64-bit
+    mix of onset frame, channel and note), so that voices' noise is independent even in the lowest
+    band, whose samples stay correlated over a few thousand frames."""
+    h = (frame * 0x9E3779B97F4A7C15 + channel * 0xBF58476D1CE4E5B9 + note * 0x94D049BB133111EB) & (2**64 - 1)
+    h ^= h >> 31
+    h = (h * 0xD6E8FEB86659FD93) & (2**64 - 1)
+    h ^= h >> 32
+    return h % NOISE_LOOP_FRAMES
+
+
 def make_noise_bands(sample_rate: int, seed: int) -> np.ndarray:
     """Band-limited noise loops, shape (N_NOISE_BANDS, NOISE_LOOP_FRAMES), float32, unit RMS each.
 
@@ -85,11 +96,10 @@ class VoiceBank:
         self.t_kill = np.full(c, FAR_FUTURE, i64)
         self.t_end = np.zeros(c, i64)  # first frame at which the slot is silent for good
         self.level_off = np.zeros(c)
-        self.attack = np.ones(c)
-        self.decay = np.ones(c)
-        self.sustain = np.ones(c)
-        self.release = np.ones(c)
-        self.amp = np.zeros(c)
+        self.attack_frames = np.ones(c, i64)
+        self.decay_frames = np.ones(c, i64)
+        self.sustain_level = np.ones(c)
+        self.release_frames = np.ones(c, i64)
         # Who plays.
         self.channel = np.zeros(c, np.int16)
         self.note = np.zeros(c, np.int16)
@@ -110,6 +120,10 @@ class VoiceBank:
         self.table_after = np.zeros((c, TABLE_SIZE + 1), np.float32)
         self.noise_before = np.zeros((c, N_NOISE_BANDS), np.float32)
         self.noise_after = np.zeros((c, N_NOISE_BANDS), np.float32)
+        self.amp_before = np.zeros(c)  # the voice's loudness (preset gain × velocity), linear
+        self.amp_after = np.zeros(c)
+        # Where each voice reads the shared noise loops, so that voices' noise is independent.
+        self.noise_offset = np.zeros(c, i64)
 
         self.noise_bands = make_noise_bands(sample_rate, seed)
         self.reserve(8192)
@@ -135,15 +149,25 @@ class VoiceBank:
         table[:, TABLE_SIZE] = table[:, 0]
         return table
 
+    def retune_tables(self, slots: np.ndarray, freq: np.ndarray) -> np.ndarray:
+        """Tables of ``slots`` at new frequencies ``freq``: only voices with a partial near Nyquist
+        at the old or the new frequency need a new table (the taper changes); the rest keep theirs."""
+        tables = self.table_after[slots]
+        top = np.maximum(self.freq_after[slots], freq) * N_HARMONICS
+        retune = np.flatnonzero(top > TAPER_START)
+        if len(retune):
+            tables[retune] = self.build_tables(self.harmonics[slots[retune]], freq[retune])
+        return tables
+
     def adsr_level(self, slots: np.ndarray, frame: int) -> np.ndarray:
         """Envelope level (without steal fade) of ``slots`` at ``frame``, shape (len(slots),)."""
         d = (frame - self.t_on[slots]).astype(np.float64)
-        a, dcy, s = self.attack[slots], self.decay[slots], self.sustain[slots]
+        a, dcy, s = self.attack_frames[slots], self.decay_frames[slots], self.sustain_level[slots]
         level = np.where(d < a, d / a, s + (1.0 - s) * _curve(np.clip((d - a) / dcy, 0.0, 1.0)))
         level = np.where(d < 0, 0.0, level)
         released = frame >= self.t_off[slots]
         if np.any(released):
-            u = np.clip((frame - self.t_off[slots]) / self.release[slots], 0.0, 1.0)
+            u = np.clip((frame - self.t_off[slots]) / self.release_frames[slots], 0.0, 1.0)
             level = np.where(released, self.level_off[slots] * _curve(u), level)
         return level
 
@@ -151,7 +175,7 @@ class VoiceBank:
         """Envelope of the voices ``act`` over frames tt = t0..t0+n-1, shape (V, n), float32."""
         env = np.empty((len(act), n), np.float32)
         t_on = self.t_on[act]
-        a, dcy, s = self.attack[act], self.decay[act], self.sustain[act]
+        a, dcy, s = self.attack_frames[act], self.decay_frames[act], self.sustain_level[act]
         # Rows still in attack or decay inside this segment need the full formula; others sit at S.
         moving = t_on + a + dcy > t0
         env[~moving] = s[~moving, None]
@@ -172,7 +196,7 @@ class VoiceBank:
         if np.any(released):
             rows = np.flatnonzero(released)
             d = (tt[None, :] - t_off[rows, None]).astype(np.float32)
-            rel = _curve(np.clip(d / self.release[act[rows], None].astype(np.float32), 0.0, 1.0))
+            rel = _curve(np.clip(d / self.release_frames[act[rows], None].astype(np.float32), 0.0, 1.0))
             rel *= self.level_off[act[rows], None].astype(np.float32)
             env[rows] = np.where(d >= 0, rel, env[rows])
         t_kill = self.t_kill[act]
@@ -198,11 +222,14 @@ class VoiceBank:
         return np.where(d <= h, d * (d - 1.0) / (2.0 * h), (h - 1.0) / 2.0 + (d - h))
 
     def begin_ramp(self, slots: np.ndarray, frame: int, freq: np.ndarray, gain_l: np.ndarray,
-                   gain_r: np.ndarray, table: np.ndarray | None, noise: np.ndarray | None) -> None:
+                   gain_r: np.ndarray, table: np.ndarray | None, noise: np.ndarray | None,
+                   amp: np.ndarray | None = None) -> None:
         """Start a one-hop ramp of ``slots`` at ``frame`` (a hop boundary) towards new values.
 
-        ``table``/``noise`` may be None to keep the current ones. Values at ``frame`` under the old
-        ramp become the new starting values, so nothing jumps.
+        This is the synth's timbre input at the control rate: ``table`` (from :meth:`build_tables`),
+        ``noise`` band magnitudes and ``amp`` loudness per voice; each may be None to keep the
+        current one. Values at ``frame`` under the old ramp become the new starting values, so
+        nothing jumps.
         """
         if len(slots) == 0:
             return
@@ -212,6 +239,7 @@ class VoiceBank:
         self.freq_before[slots] = self.freq_before[slots] + (self.freq_after[slots] - self.freq_before[slots]) * w
         self.gain_l_before[slots] = self.gain_l_before[slots] + (self.gain_l_after[slots] - self.gain_l_before[slots]) * w
         self.gain_r_before[slots] = self.gain_r_before[slots] + (self.gain_r_after[slots] - self.gain_r_before[slots]) * w
+        self.amp_before[slots] = self.amp_before[slots] + (self.amp_after[slots] - self.amp_before[slots]) * w
         # At a hop boundary the old ramp is either untouched (w = 0) or complete (w = 1).
         # With w = 0 (a second change at the same boundary) the starting table stays and only
         # the target moves.
@@ -225,24 +253,31 @@ class VoiceBank:
             self.table_after[slots] = table
         if noise is not None:
             self.noise_after[slots] = noise
+        if amp is not None:
+            self.amp_after[slots] = amp
         self.ramp_at[slots] = frame
 
     def start_voice(self, slot: int, frame: int, channel: int, note: int, velocity: int, f0_hz: float,
                     freq: float, harmonics: np.ndarray, noise: np.ndarray, amp: float, gain_l: float,
-                    gain_r: float, table: np.ndarray | None, attack: float, decay: float, sustain: float,
-                    release: float) -> None:
-        """Put a new voice in a free ``slot`` from ``frame``. Times in frames; ``table`` is the
-        voice's wavetable if the caller has it (else it is built here)."""
+                    gain_r: float, table: np.ndarray | None, attack_frames: int, decay_frames: int,
+                    sustain_level: float, release_frames: int) -> None:
+        """Put a new voice in a free ``slot`` from ``frame``. ``freq`` in cycles per frame; ``table``
+        is the voice's wavetable if the caller has it (else it is built here)."""
         self.t_on[slot] = frame
         self.t_off[slot] = FAR_FUTURE
         self.t_kill[slot] = FAR_FUTURE
-        self.t_end[slot] = FAR_FUTURE
-        self.attack[slot], self.decay[slot], self.sustain[slot], self.release[slot] = attack, decay, sustain, release
-        self.amp[slot] = amp
+        # A voice whose sustain is silent ends with its decay unless released before.
+        self.t_end[slot] = frame + attack_frames + decay_frames + 1 if sustain_level <= 0.0 else FAR_FUTURE
+        self.attack_frames[slot] = attack_frames
+        self.decay_frames[slot] = decay_frames
+        self.sustain_level[slot] = sustain_level
+        self.release_frames[slot] = release_frames
+        self.amp_before[slot] = self.amp_after[slot] = amp
         self.channel[slot], self.note[slot], self.velocity[slot] = channel, note, velocity
         self.pedal_held[slot] = False
         self.f0_hz[slot] = f0_hz
         self.harmonics[slot] = harmonics
+        self.noise_offset[slot] = _noise_offset(frame, channel, note)
         self.ramp_at[slot] = frame - self.hop_frames  # no ramp running
         self.phase_at[slot] = -freq * self.hop_frames  # so the phase is 0 at the onset
         self.freq_before[slot] = self.freq_after[slot] = freq
@@ -261,8 +296,11 @@ class VoiceBank:
         self.level_off[slots] = self.adsr_level(slots, frame)
         self.t_off[slots] = frame
         self.pedal_held[slots] = False
-        end = frame + np.ceil(self.release[slots]).astype(np.int64) + 1
-        self.t_end[slots] = np.minimum(self.t_end[slots], end)
+        # The release replaces whatever end the voice had (its decay's, for a silent sustain); only
+        # a steal fade already running can end it sooner.
+        end = frame + self.release_frames[slots] + 1
+        kill_end = self.t_kill[slots] + self.steal_fade_frames + 1
+        self.t_end[slots] = np.where(self.t_kill[slots] < FAR_FUTURE, np.minimum(end, kill_end), end)
 
     def kill_voices(self, slots: np.ndarray, frame: int) -> None:
         """Fade ``slots`` to silence over the steal fade, starting at ``frame``."""
@@ -290,10 +328,11 @@ class VoiceBank:
     def _kernel(self, t0, n, act, out_l, out_r) -> None:
         env, noise_now, noise_then = self._scratch
         kernel.render_segment(
-            t0, n, act, self.t_on, self.t_off, self.t_kill, self.level_off, self.attack, self.decay,
-            self.sustain, self.release, self.amp, self.ramp_at, self.phase_at, self.freq_before,
-            self.freq_after, self.gain_l_before, self.gain_l_after, self.gain_r_before, self.gain_r_after,
-            self.table_before, self.table_after, self.noise_before, self.noise_after, self.noise_bands,
+            t0, n, act, self.t_on, self.t_off, self.t_kill, self.level_off, self.attack_frames, self.decay_frames,
+            self.sustain_level, self.release_frames, self.amp_before, self.amp_after, self.ramp_at, self.phase_at,
+            self.freq_before, self.freq_after, self.gain_l_before, self.gain_l_after, self.gain_r_before,
+            self.gain_r_after, self.table_before, self.table_after, self.noise_before, self.noise_after,
+            self.noise_offset, self.noise_bands,
             self.hop_frames, self.steal_fade_frames, ENVELOPE_CURVE, _EXP_CURVE, ENVELOPE_ANCHOR,
             env, noise_now, noise_then, out_l, out_r)
 
@@ -311,7 +350,6 @@ class VoiceBank:
             return
         tt = np.arange(t0, t0 + n, dtype=np.int64)
         env = self._envelope(act, t0, n, tt)
-        env *= self.amp[act, None].astype(np.float32)
 
         ramping = bool(np.any(self.ramp_at[act] + self.hop_frames > t0))
         d = (tt[None, :] - self.ramp_at[act, None]).astype(np.float64)
@@ -321,29 +359,32 @@ class VoiceBank:
             phase += freq_step * self._ramp_sum(d)
         else:  # every ramp is over: the ramp sum is d - (hop + 1) / 2
             phase += freq_step * (d - (self.hop_frames + 1) / 2.0)
-        # Table position; the integer part wraps with a mask (TABLE_SIZE is a power of two).
+        # Table position, wrapped into one cycle.
         phase *= TABLE_SIZE
         phase -= np.floor(phase * (1.0 / TABLE_SIZE)) * TABLE_SIZE
         index = phase.astype(np.int64)
         frac = (phase - index).astype(np.float32)
         index += (act * (TABLE_SIZE + 1))[:, None]
 
-        bands = self._noise(t0, n)
+        # Each voice reads the noise loops from its own offset: shape (bands, V, n).
+        bands = self.noise_bands[:, (tt[None, :] + self.noise_offset[act, None]) % NOISE_LOOP_FRAMES]
         osc = self._lookup(self.table_after, index, frac)
-        osc += self.noise_after[act].astype(np.float32) @ bands
+        osc += np.einsum("vb,bvn->vn", self.noise_after[act], bands)
         if ramping:
             w = np.clip(d / self.hop_frames, 0.0, 1.0).astype(np.float32)
             before = self._lookup(self.table_before, index, frac)
-            before += self.noise_before[act].astype(np.float32) @ bands
+            before += np.einsum("vb,bvn->vn", self.noise_before[act], bands)
             osc -= before
             osc *= w
             osc += before
+            env *= (self.amp_before[act, None] + (self.amp_after - self.amp_before)[act, None] * w).astype(np.float32)
             osc *= env
             gain_l = self.gain_l_before[act, None] + (self.gain_l_after - self.gain_l_before)[act, None] * w
             gain_r = self.gain_r_before[act, None] + (self.gain_r_after - self.gain_r_before)[act, None] * w
             out_l += np.einsum("vn,vn->n", gain_l, osc)
             out_r += np.einsum("vn,vn->n", gain_r, osc)
         else:
+            env *= self.amp_after[act, None].astype(np.float32)
             osc *= env
             out_l += self.gain_l_after[act].astype(np.float32) @ osc
             out_r += self.gain_r_after[act].astype(np.float32) @ osc
@@ -357,9 +398,3 @@ class VoiceBank:
         hi *= frac
         hi += lo
         return hi
-
-    def _noise(self, t0: int, n: int) -> np.ndarray:
-        start = t0 % NOISE_LOOP_FRAMES
-        if start + n <= NOISE_LOOP_FRAMES:
-            return self.noise_bands[:, start : start + n]
-        return self.noise_bands[:, (t0 + np.arange(n)) % NOISE_LOOP_FRAMES]

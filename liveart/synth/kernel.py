@@ -66,14 +66,15 @@ def _noise_span(buf, weights, v, noise_bands, t0, j0, j1):
         j += count
 
 
-def _render_segment(t0, n, act, t_on, t_off, t_kill, level_off, attack, decay, sustain, release, amp,
-                    ramp_at, phase_at, freq_before, freq_after, gain_l_before, gain_l_after, gain_r_before,
-                    gain_r_after, table_before, table_after, noise_before, noise_after, noise_bands,
-                    hop_frames, steal_fade_frames, curve_k, curve_floor, anchor_frames, env, noise_now, noise_then, out_l, out_r):
+def _render_segment(t0, n, act, t_on, t_off, t_kill, level_off, attack_frames, decay_frames, sustain_level,
+                    release_frames, amp_before, amp_after, ramp_at, phase_at, freq_before, freq_after,
+                    gain_l_before, gain_l_after, gain_r_before, gain_r_after, table_before, table_after,
+                    noise_before, noise_after, noise_offset, noise_bands, hop_frames, steal_fade_frames, curve_k,
+                    curve_floor, anchor_frames, env, noise_now, noise_then, out_l, out_r):
     """Add voices ``act`` over frames t0 .. t0+n-1 into out_l/out_r (float64, length n).
 
-    Envelope times (attack, decay, release) are whole frames. noise_bands : shape (bands,
-    NOISE_LOOP_FRAMES), float32. Scratch, shape (>= n,): env float64; noise_now, noise_then float32
+    Arguments are the VoiceBank's arrays of the same names. noise_bands : shape (bands,
+    NOISE_LOOP_FRAMES), float32; voice v reads it from frame t + noise_offset[v]. Scratch, shape (>= n,): env float64; noise_now, noise_then float32
     (a voice's noise with its current and its previous band weights).
     """
     table_size = table_after.shape[1] - 1
@@ -87,10 +88,10 @@ def _render_segment(t0, n, act, t_on, t_off, t_kill, level_off, attack, decay, s
         v = act[vi]
         on = t_on[v]
         off = t_off[v]
-        a = int(attack[v])
-        dcy = int(decay[v])
-        s = sustain[v]
-        rel = int(release[v])
+        a = attack_frames[v]
+        dcy = decay_frames[v]
+        s = sustain_level[v]
+        rel = release_frames[v]
         # Envelope, stage by stage: attack, decay, sustain, release, silence.
         before_release = min(off, t_end)
         att_end = on + a
@@ -125,11 +126,13 @@ def _render_segment(t0, n, act, t_on, t_off, t_kill, level_off, attack, decay, s
                 env[j] *= k if k > 0.0 else 0.0
 
         r_at = ramp_at[v]
-        _noise_span(noise_now, noise_after, v, noise_bands, t0, j_first, j_last)
+        noise_t0 = t0 + noise_offset[v]
+        _noise_span(noise_now, noise_after, v, noise_bands, noise_t0, j_first, j_last)
         ramp_last = min(j_last, r_at + hop_frames + 1 - t0)  # frames before this one are inside the ramp (d <= hop)
         if ramp_last > j_first:
-            _noise_span(noise_then, noise_before, v, noise_bands, t0, j_first, ramp_last)
-        gain = amp[v]
+            _noise_span(noise_then, noise_before, v, noise_bands, noise_t0, j_first, ramp_last)
+        amp_b = amp_before[v]
+        amp_a = amp_after[v]
         ph0 = phase_at[v]
         fb = freq_before[v]
         fstep = freq_after[v] - fb
@@ -153,7 +156,7 @@ def _render_segment(t0, n, act, t_on, t_off, t_kill, level_off, attack, decay, s
             y = lo + (tab_now[i + 1] - lo) * frac + noise_now[j]
             lo = tab_then[i]
             yb = lo + (tab_then[i + 1] - lo) * frac + noise_then[j]
-            sample = env[j] * gain * (yb + (y - yb) * w)
+            sample = env[j] * (amp_b + (amp_a - amp_b) * w) * (yb + (y - yb) * w)
             out_l[j] += (glb + (gla - glb) * w) * sample
             out_r[j] += (grb + (gra - grb) * w) * sample
         # Frames after it: one table, fixed gains; the ramp sum is (hop - 1) / 2 + (d - hop).
@@ -165,7 +168,7 @@ def _render_segment(t0, n, act, t_on, t_off, t_kill, level_off, attack, decay, s
             i = min(int(pos), table_size - 1)
             frac = pos - i
             lo = tab_now[i]
-            sample = env[j] * gain * (lo + (tab_now[i + 1] - lo) * frac + noise_now[j])
+            sample = env[j] * amp_a * (lo + (tab_now[i + 1] - lo) * frac + noise_now[j])
             out_l[j] += gla * sample
             out_r[j] += gra * sample
 
@@ -195,8 +198,7 @@ if KERNEL_AVAILABLE:
     render_segment = _jit(_render_segment)
     finish_block = _jit(_finish_block)
 else:
-    render_segment = None
-    finish_block = _finish_block
+    render_segment = finish_block = None
 
 
 def warm_up() -> None:
@@ -208,7 +210,7 @@ def warm_up() -> None:
     tab = np.zeros((1, 3), np.float32)
     nz = np.zeros((1, 16), np.float32)
     f1 = np.zeros(1, np.float32)
-    render_segment(0, 1, i1, i1, i1 + 9, i1 + 9, z1, z1 + 1, z1 + 1, z1, z1 + 1, z1, i1, z1, z1, z1, z1, z1, z1,
-                   z1, tab, tab, nz, nz, np.zeros((16, 4), np.float32), 1, 1, 5.0, 0.0, 64, np.zeros(1), f1,
-                   f1.copy(), np.zeros(1), np.zeros(1))
+    render_segment(0, 1, i1, i1, i1 + 9, i1 + 9, z1, i1 + 1, i1 + 1, z1, i1 + 1, z1, z1, i1, z1, z1, z1, z1, z1,
+                   z1, z1, tab, tab, nz, nz, i1, np.zeros((16, 4), np.float32), 1, 1, 5.0, 0.0, 64, np.zeros(1),
+                   f1, f1.copy(), np.zeros(1), np.zeros(1))
     finish_block(np.zeros(1), np.zeros(1), 1.0, np.zeros((1, 2), np.float32))
