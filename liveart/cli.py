@@ -33,24 +33,21 @@ class _Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"liveart: error: {message} (see 'liveart --help')\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
+def _whole_number(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be greater than 0" if minimum == 1 else f"{text!r} must be {minimum} or more")
+        return value
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+_positive_int = _whole_number(1)
+_nonnegative_int = _whole_number(0)
 
 
 def _positive_float(text: str) -> float:
@@ -135,10 +132,14 @@ def _render(args) -> int:
     if report.gain_db < 0:
         print(f"liveart: note: the mix peaked at {report.peak:.2f}; scaled by {report.gain_db:.1f} dB so it "
               f"does not clip", file=sys.stderr)
-    if report.late_events:
-        print(f"liveart: note: {report.late_events} events came late", file=sys.stderr)
+    if report.hard_cuts:
+        print(f"liveart: note: {report.hard_cuts} voices were cut without a fade (too many notes at once)",
+              file=sys.stderr)
     if not args.quiet:
-        print(report.summary())
+        try:
+            print(report.summary(), flush=True)
+        except OSError:  # a closed or full stdout; the file is written all the same
+            pass
     return 0
 
 

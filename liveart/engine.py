@@ -178,7 +178,10 @@ class Engine:
         self.bank.reserve(max_block_frames)
 
     def render_into(self, out: np.ndarray) -> None:
-        """Fill ``out`` (shape (frames, 2), float32) with the next ``frames`` frames."""
+        """Fill ``out`` (shape (frames, 2), float32, C order) with the next ``frames`` frames."""
+        if out.dtype != np.float32 or out.ndim != 2 or out.shape[1] != 2 or not out.flags.c_contiguous:
+            raise ValueError(f"render_into needs a C-ordered float32 array of shape (frames, 2), "
+                             f"not {out.dtype} {out.shape}")
         n = out.shape[0]
         if len(self._l) < n:
             self.reserve(n)

@@ -40,6 +40,8 @@ CC_PARAMS: dict[str, tuple[float, float]] = {
     "release": (0.05, 10.0),     # multiplier on the preset's release time, new notes
 }
 
+# Controllers the engine keeps for itself (120-127 are channel mode messages, beyond the range).
+ENGINE_CONTROLLERS = {64: "64 (the sustain pedal)"}
 # Controllers mapped unless a patch maps the same number to something else.
 DEFAULT_CC = ((7, "volume"), (10, "pan"), (11, "expression"), (74, "brightness"))
 
@@ -140,7 +142,8 @@ class _Checker:
 
     def choice(self, data: dict, key: str, default: Any, allowed: tuple, where: str) -> Any:
         value = data.get(key, default)
-        if value not in allowed:
+        # Exact type too: 128.0 == 128 and True == 1 in Python, but neither is what a patch means.
+        if value not in allowed or not any(type(value) is type(a) and value == a for a in allowed):
             raise self.fail(f"{where}{key}", value, "one of " + ", ".join(str(a) for a in allowed))
         return value
 
@@ -154,7 +157,11 @@ def resolve_patch_path(name_or_path: str | Path | None) -> Path:
     if name_or_path is None:
         name_or_path = DEFAULT_PATCH
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists() or len(path.parts) > 1:
+    # A bare word is a patch name (a file called 'default' in the working folder is not a patch);
+    # anything with a folder or a .toml ending is a path.
+    if path.suffix == ".toml" or len(path.parts) > 1:
+        if path.is_dir():
+            raise PatchError(f"{path}: is a directory, not a patch file")
         if not path.is_file():
             raise PatchError(f"{path}: no such patch file")
         return path
@@ -206,7 +213,9 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         for k in spec:
             if k not in PRESET_KEYS:
                 raise check.fail(where + k, spec[k], f"no such key; keys are {', '.join(PRESET_KEYS)}")
-        base_name = check.choice(spec, "base", "saw_lead", tuple(BUILTIN_PRESETS), where)
+        # Redefining a built-in preset starts from it; a new name starts from saw_lead.
+        base_name = check.choice(spec, "base", pname if pname in BUILTIN_PRESETS else "saw_lead",
+                                 tuple(BUILTIN_PRESETS), where)
         base = BUILTIN_PRESETS[base_name]
         changes: dict[str, Any] = {"name": pname}
         if "harmonics" in spec:
@@ -257,6 +266,8 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
             if k not in ("number", "param", "min", "max", "channel"):
                 raise check.fail(where + k, m[k], "no such key; keys are number, param, min, max, channel")
         number = check.integer(m, "number", -1, 0, 119, where)
+        if number in ENGINE_CONTROLLERS:
+            raise check.fail(where + "number", number, f"a controller other than {ENGINE_CONTROLLERS[number]}")
         param = check.choice(m, "param", None, tuple(CC_PARAMS), where)
         low_limit, high_limit = CC_PARAMS[param]
         low = check.number(m, "min", low_limit, low_limit, high_limit, where)

@@ -31,7 +31,7 @@ def busy_events():
     return out
 
 
-@pytest.mark.parametrize("preset", ["soft_flute", "bright", "breathy_pad"])
+@pytest.mark.parametrize("preset", ["soft_flute", "bright", "breathy_pad", "pluck", "noise_hit"])
 @pytest.mark.parametrize("use_kernel", [True, False], ids=["kernel", "numpy"])
 def test_block_size_does_not_change_the_samples(preset, use_kernel):
     if use_kernel and not KERNEL_AVAILABLE:
@@ -64,8 +64,38 @@ def test_a_note_starts_at_its_exact_frame_inside_a_block():
     patch = make_patch("pure")
     for onset in (1037, 1038, 1100):
         out, _ = render_events(patch, [ev.note_on(onset, 0, 69, 100)], 4096, block_sizes=(64,))
-        assert np.all(out[: onset + 1] == 0.0)  # the attack starts from 0 at the onset frame
+        assert np.all(out[: onset + 1] == 0.0)  # the attack starts from 0 at the onset frame ...
+        assert out[onset + 1, 0] != 0.0  # ... and the very next frame sounds
         assert np.count_nonzero(out[onset + 1 : onset + 64, 0]) >= 60
+
+
+@pytest.mark.parametrize("pedal", [False, True])
+def test_a_release_starts_at_its_exact_frame(pedal):
+    """The note-off (or, with the pedal, the pedal-up) frame is the first frame that differs from
+    the held note."""
+    patch = make_patch("pure")
+    start = [ev.control_change(0, 0, ev.CC_SUSTAIN, 127)] if pedal else []
+    held, _ = render_events(patch, start + [ev.note_on(100, 0, 69, 100)], 9000, block_sizes=(64,))
+    stop = 5037
+    ending = [ev.note_off(3000, 0, 69), ev.control_change(stop, 0, ev.CC_SUSTAIN, 0)] if pedal else \
+        [ev.note_off(stop, 0, 69)]
+    released, _ = render_events(patch, start + [ev.note_on(100, 0, 69, 100)] + ending, 9000, block_sizes=(64,))
+    differs = np.flatnonzero(held[:, 0] != released[:, 0])
+    assert differs[0] == stop + 1  # at the stop frame itself the release starts from the held level
+
+
+def test_controls_at_a_note_on_frame_apply_from_its_first_sample():
+    """A bend and a volume change sent at the same frame as a note shape it from its onset."""
+    patch = make_patch("pure", bend_range=12.0)
+    events = [ev.pitch_bend(1000, 0, 8191), ev.control_change(1000, 0, ev.CC_VOLUME, 64), ev.note_on(1000, 0, 57, 100)]
+    out, _ = render_events(patch, events, 1000 + 48000, block_sizes=(100,))
+    x = out[1000:, 0].astype(np.float64)
+    crossings = np.flatnonzero((x[:-1] <= 0) & (x[1:] > 0))
+    periods = np.diff(crossings[:6])
+    assert np.all(np.abs(periods - SR / 440.0) <= 1.5)  # an octave up from the very first cycle
+    reference, _ = render_events(patch, [ev.pitch_bend(0, 0, 8191), ev.note_on(1000, 0, 57, 100)], 1000 + 48000)
+    ratio = np.sqrt(np.mean(x[24000:] ** 2)) / np.sqrt(np.mean(reference[25000:, 0].astype(np.float64) ** 2))
+    assert ratio == pytest.approx((64 / 100) ** 2, rel=0.01)  # CC 7 64 vs the patch's volume of 100
 
 
 def test_a_later_note_is_the_same_sound_shifted():
@@ -133,17 +163,28 @@ def test_pitch_bend_moves_the_pitch_by_the_configured_range(bend_range, bend):
     assert f_after == pytest.approx(expected, abs=3.0)
 
 
-def test_pitch_bend_glides_without_a_click():
+def test_pitch_bend_glides_over_one_control_hop():
+    """A bend jump does not step the frequency: over the next hop the period shrinks gradually."""
     patch = make_patch("pure", bend_range=12.0)
-    out, _ = render_events(patch, [ev.note_on(0, 0, 45, 100), ev.pitch_bend(10000, 0, 8191)], 20000)
-    step = np.max(np.abs(np.diff(out[2000:, 0])))
-    # A sine of amplitude A at f Hz moves at most 2*pi*f/SR*A per frame; allow the octave above.
-    amp = np.max(np.abs(out[2000:, 0]))
-    assert step <= amp * 2 * np.pi * 220.0 / SR * 1.05
+    bend_at = 12800  # a hop boundary
+    out, engine = render_events(patch, [ev.note_on(0, 0, 93, 100), ev.pitch_bend(bend_at, 0, 8191)], 20000)
+    hop = engine.hop_frames
+    x = out[:, 0].astype(np.float64)
+    # Fractional zero crossings give the period to a fraction of a frame.
+    i = np.flatnonzero((x[:-1] <= 0) & (x[1:] > 0))
+    crossings = i + x[i] / (x[i] - x[i + 1])
+    periods = np.diff(crossings)
+    old, new = SR / 1760.0, SR / 3520.0
+    during = periods[(crossings[:-1] > bend_at) & (crossings[1:] < bend_at + hop)]
+    assert np.all(np.abs(periods[crossings[1:] < bend_at - 1] - old) < 0.05)
+    assert np.all(np.abs(periods[crossings[:-1] > bend_at + hop + 1] - new) < 0.05)
+    assert len(during) >= 3
+    assert np.all((during < old - 0.5) & (during > new + 0.5))  # in between, not a jump
+    assert np.all(np.diff(during) < 0)  # and falling
 
 
 def test_voice_stealing_fades_instead_of_clicking():
-    """Polyphony 4, five held low sines: the oldest is stolen with a fade, not cut."""
+    """Polyphony 4, five held low sines: the oldest is stolen with a fade of a few ms, not cut."""
     patch = make_patch("pure", polyphony=4)
     notes = [36, 40, 43, 47]
     events = [ev.note_on(100 + 4000 * i, 0, n, 127) for i, n in enumerate(notes)]
@@ -160,8 +201,35 @@ def test_voice_stealing_fades_instead_of_clicking():
     cut_step = np.max(np.abs(solo[steal_at - 200 : steal_at, 0]))
     assert cut_step > 5 * natural, "the test must be able to tell a cut from a fade"
     assert around <= 1.5 * natural
-    # And the new note sounds.
-    assert (0, 48, 1) in engine.sounding_notes()
+    # The oldest note went, the others and the new one sound.
+    assert sorted(n for _, n, _ in engine.sounding_notes()) == [40, 43, 47, 48]
+    # The fade lasts a few milliseconds: the stolen voice is still audible 2 ms after the steal.
+    others, _ = render_events(patch, [ev.note_on(100 + 4000 * i, 0, n, 127) for i, n in enumerate(notes) if n != 36]
+                              + [ev.note_on(steal_at, 0, 48, 1)], 40000, block_sizes=(128,))
+    stolen_part = x - others[:, 0]
+    level = lambda a, b: np.max(np.abs(stolen_part[a:b]))
+    assert level(steal_at + int(0.002 * SR), steal_at + int(0.0025 * SR)) > 0.2 * level(steal_at - 400, steal_at)
+    assert level(steal_at + int(0.01 * SR), steal_at + 2000) == 0.0
+
+
+def test_stealing_takes_a_released_voice_before_a_held_one():
+    patch = make_patch("pure", polyphony=4)
+    events = [ev.note_on(0, 0, 40, 100), ev.note_on(10, 0, 43, 100), ev.note_on(20, 0, 47, 100),
+              ev.note_on(30, 0, 50, 100), ev.note_off(1000, 0, 47), ev.note_on(1010, 0, 55, 100)]
+    _, engine = render_events(patch, events, 3000)
+    assert engine.stats.stolen_voices == 1
+    assert sorted(n for _, n, _ in engine.sounding_notes()) == [40, 43, 50, 55]  # the oldest (40) stays
+
+
+def test_noise_of_different_voices_is_independent():
+    """Eight voices of one noisy sound on eight channels: their noise adds like independent noise
+    (RMS x sqrt(8)), not like one noise played eight times (x 8)."""
+    tone, _ = render_events(make_patch("breathy_pad", noise=0.0), [ev.note_on(0, 0, 60, 100)], 48000)
+    noisy = make_patch("breathy_pad")
+    noise = [render_events(noisy, [ev.note_on(0, c, 60, 100)], 48000)[0] - tone for c in range(8)]
+    rms = lambda x: np.sqrt(np.mean(x[12000:, 0].astype(np.float64) ** 2))
+    assert rms(noise[0]) > 0.01
+    assert rms(sum(noise)) / rms(noise[0]) == pytest.approx(np.sqrt(8), rel=0.2)
 
 
 def test_thirty_two_voices_sound_at_once():
@@ -214,9 +282,20 @@ def test_same_seed_same_noise_other_seed_other_noise():
     assert np.max(np.abs(a - c)) > 1e-3
 
 
-def test_bad_event_is_refused():
+@pytest.mark.parametrize("event", [
+    ev.Event(0, 99, 0, 0, 0), ev.Event(0, ev.NOTE_ON, 16, 60, 100), ev.Event(0, ev.NOTE_ON, 0, 200, 100),
+    ev.Event(0, ev.NOTE_OFF, 0, 200, 0), ev.Event(0, ev.NOTE_ON, 0, 60, 300), ev.Event(0.5, ev.NOTE_ON, 0, 60, 100),
+    ev.Event(0, ev.PITCH_BEND, 0, 9000, 0), ev.Event(0, ev.CONTROL_CHANGE, 0, 7, 128), ev.Event(0, ev.TEMPO, 0, 0, 0),
+])
+def test_an_event_no_midi_message_could_make_is_refused(event):
     engine = Engine(make_patch("pure"))
-    with pytest.raises(ValueError):
-        engine.schedule(ev.Event(0, 99, 0, 0, 0))
-    with pytest.raises(ValueError):
-        engine.schedule(ev.Event(0, ev.NOTE_ON, 16, 60, 100))
+    with pytest.raises(ValueError, match="not an engine event"):
+        engine.schedule(event)
+    assert engine.pending_events == 0
+
+
+@pytest.mark.parametrize("shape,dtype", [((128, 2), np.float64), ((128,), np.float32), ((128, 3), np.float32)])
+def test_render_into_refuses_a_wrong_buffer(shape, dtype):
+    engine = Engine(make_patch("pure"))
+    with pytest.raises(ValueError, match="float32 array of shape"):
+        engine.render_into(np.zeros(shape, dtype))

@@ -7,6 +7,7 @@ import pytest
 from liveart.cli import main
 from liveart.errors import PatchError
 from liveart.patch import PATCH_DIR, available_patches, load_patch, patch_from_dict
+from liveart.synth.presets import BUILTIN_PRESETS
 
 
 def test_every_shipped_patch_loads():
@@ -77,6 +78,9 @@ BAD_PATCHES = [
     ("[presets.x]\nharmonics = [1, -2]\n", "presets.x.harmonics", "[1, -2]", "non-negative"),
     ("[presets.x]\nbase = 'banjo'\n", "presets.x.base", "'banjo'", "one of saw_lead"),
     ("colour = 'red'\n", "colour", "'red'", "no such key"),
+    ("[audio]\ncontrol_hop_frames = 128.0\n", "audio.control_hop_frames", "128.0", "one of 32"),
+    ("[audio]\nsample_rate = 48000.0\n", "audio.sample_rate", "48000.0", "one of 22050"),
+    ("[[cc]]\nnumber = 64\nparam = 'volume'\n", "cc[0].number", "64", "other than 64 (the sustain pedal)"),
     ("[audio\nsample_rate = 48000\n", "", "", "not valid TOML"),
 ]
 
@@ -109,3 +113,27 @@ def test_unknown_patch_name_lists_the_available_ones():
 def test_patch_from_dict_rejects_a_non_table_section():
     with pytest.raises(PatchError, match="audio: found 3; allowed a table"):
         patch_from_dict({"audio": 3}, "<x>")
+
+
+def test_a_bare_name_is_a_patch_name_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    assert load_patch("default").source == str(PATCH_DIR / "default.toml")
+    (tmp_path / "p.toml").mkdir()
+    with pytest.raises(PatchError, match="is a directory"):
+        load_patch("p.toml")
+
+
+def test_redefining_a_built_in_preset_starts_from_it(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[presets.organ]\nrelease = 1.0\n")
+    organ = load_patch(path).presets["organ"]
+    assert organ.release_seconds == 1.0
+    assert organ.harmonics == BUILTIN_PRESETS["organ"].harmonics
+
+
+def test_a_patch_in_another_encoding_is_one_clear_error(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_bytes("name = 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(PatchError, match="cannot read the patch"):
+        load_patch(path)

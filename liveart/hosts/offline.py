@@ -26,8 +26,12 @@ OFFLINE_BLOCK_FRAMES = 16384
 MAX_BLOCK_FRAMES = 1 << 16
 CLIP_LEVEL = 0.999  # peaks above this are scaled down ...
 NORMALISE_TO = 0.98  # ... to this
-TAIL_MARGIN_SECONDS = 0.05
-IN_MEMORY_LIMIT_BYTES = 1 << 30  # larger mixes go through a memory-mapped temporary file
+TAIL_MARGIN_SECONDS = 0.05  # rendered beyond the longest release
+SILENCE_LEVEL = 1e-6  # the tail is cut after the last sample above this (-120 dBFS) ...
+TAIL_KEEP_SECONDS = 0.01  # ... plus this much
+WRITE_CHUNK_FRAMES = 1 << 18
+# Mixes larger than this (46.6 min of stereo float32 at 48 kHz) go through a memory-mapped file.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
 DEFAULT_MAX_MINUTES = 60.0
 SUBTYPES = {"pcm16": "PCM_16", "pcm24": "PCM_24", "float": "FLOAT"}
 OUTPUT_SUFFIXES = (".wav", ".flac")
@@ -42,8 +46,8 @@ class RenderReport:
     peak: float  # before any scaling, linear
     gain_db: float  # applied to avoid clipping; 0 when none was needed
     wall_seconds: float
-    late_events: int
     stolen_voices: int
+    hard_cuts: int
 
     def summary(self) -> str:
         return (f"wrote {self.output} ({self.duration_seconds:.1f} s, {self.sample_rate} Hz, {self.notes} notes, "
@@ -84,6 +88,8 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
     if not (max_minutes > 0 and math.isfinite(max_minutes)):
         raise RenderError(f"--max-minutes must be a positive number, not {max_minutes}")
     check_output_path(wav_path)
+    if Path(midi_path).exists() and wav_path.exists() and os.path.samefile(midi_path, wav_path):
+        raise OutputError(f"{wav_path}: is the input file; give another output name")
 
     performance = read_midi_file(midi_path)
     if performance.duration_seconds > max_minutes * 60.0:
@@ -103,23 +109,22 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
     parent = wav_path.parent if str(wav_path.parent) else Path(".")
     temp_paths: list[str] = []
     try:
+        # Both temporary files exist before any rendering, so an unwritable place fails at once.
+        temp_out = _temp_file(parent, f".{wav_path.name}.", ".part" + wav_path.suffix, wav_path, temp_paths)
         mix = _mix_buffer(total, parent, temp_paths)
         peak = _render_blocks(engine, mix, block_frames, progress, sample_rate)
         # Cut the silent end of the tail (keeping a few ms), now that it is known.
-        sounding = np.flatnonzero(np.max(np.abs(mix[end_frame:]), axis=1) > 1e-6)
-        length = end_frame + (int(sounding[-1]) + 1 + int(0.01 * sample_rate) if len(sounding) else 0)
-        length = min(length, total)
+        sounding = np.flatnonzero(np.max(np.abs(mix[end_frame:]), axis=1) > SILENCE_LEVEL)
+        tail_frames = int(sounding[-1]) + 1 + int(TAIL_KEEP_SECONDS * sample_rate) if len(sounding) else 0
+        length = min(end_frame + tail_frames, total)
         gain = NORMALISE_TO / peak if peak > CLIP_LEVEL else 1.0
-        fd, temp_out = tempfile.mkstemp(prefix=f".{wav_path.name}.", suffix=".part" + wav_path.suffix, dir=parent)
-        os.close(fd)
-        temp_paths.append(temp_out)
         try:
-            with soundfile.SoundFile(temp_out, "w", samplerate=sample_rate, channels=2,
-                                     subtype=SUBTYPES[audio_format],
-                                     format="FLAC" if wav_path.suffix.lower() == ".flac" else "WAV") as f:
-                step = 1 << 18
-                for i in range(0, length, step):
-                    chunk = mix[i : min(i + step, length)]
+            # soundfile gets an open file, not a name, so any name the OS accepts works.
+            with open(temp_out, "wb") as raw, soundfile.SoundFile(
+                    raw, "w", samplerate=sample_rate, channels=2, subtype=SUBTYPES[audio_format],
+                    format="FLAC" if wav_path.suffix.lower() == ".flac" else "WAV") as f:
+                for i in range(0, length, WRITE_CHUNK_FRAMES):
+                    chunk = mix[i : min(i + WRITE_CHUNK_FRAMES, length)]
                     if gain != 1.0:
                         chunk = chunk * np.float32(gain)
                     if audio_format == "pcm16":  # numpy rounds faster than libsndfile converts
@@ -142,19 +147,30 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         output=wav_path, duration_seconds=length / sample_rate, sample_rate=sample_rate,
         notes=performance.note_count, peak=peak,
         gain_db=20.0 * math.log10(gain) if gain != 1.0 else 0.0,
-        wall_seconds=time.perf_counter() - started, late_events=engine.stats.late_events,
-        stolen_voices=engine.stats.stolen_voices,
+        wall_seconds=time.perf_counter() - started, stolen_voices=engine.stats.stolen_voices,
+        hard_cuts=engine.stats.hard_cuts,
     )
+
+
+def _temp_file(directory: Path, prefix: str, suffix: str, target: Path, temp_paths: list[str]) -> str:
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    except (OSError, UnicodeError) as e:
+        raise OutputError(f"{target}: cannot write there ({e})") from e
+    os.close(fd)
+    temp_paths.append(name)
+    return name
 
 
 def _mix_buffer(frames: int, directory: Path, temp_paths: list[str]) -> np.ndarray:
     if frames * 2 * 4 <= IN_MEMORY_LIMIT_BYTES:
         return np.zeros((frames, 2), np.float32)
+    name = _temp_file(directory, ".liveart-mix.", ".f32", directory, temp_paths)
     try:
-        fd, name = tempfile.mkstemp(prefix=".liveart-mix.", suffix=".f32", dir=directory)
-        os.close(fd)
-        temp_paths.append(name)
-        return np.memmap(name, dtype=np.float32, mode="w+", shape=(frames, 2))
+        # Reserve the space now: a full disk is an error here, not a crash while rendering.
+        with open(name, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, frames * 2 * 4)
+        return np.memmap(name, dtype=np.float32, mode="r+", shape=(frames, 2))
     except OSError as e:
         raise OutputError(f"{directory}: no room for the mix of a long render ({e})") from e
 
