@@ -33,7 +33,7 @@ from . import events as ev
 from .patch import CC_PARAMS, Patch
 from .synth import kernel
 from .synth.bank import FAR_FUTURE, VoiceBank
-from .synth.presets import frame_for_note, preset_for_program
+from .synth.presets import frame_for_note, frames_for_notes, preset_for_program
 
 # Extra voice slots beyond the polyphony, for voices fading out after being stolen.
 STEAL_SLOTS_RATIO = 1.0
@@ -222,7 +222,8 @@ class Engine:
             _, _, e = heapq.heappop(queue)
             kind = e.kind
             if kind == _RAMP:  # a hop boundary after control changes: sounding voices follow
-                self._update_channel(t, e.channel, self._ramp_flags.pop(e.channel))
+                self._update_voices(t, self._ramp_flags)
+                self._ramp_flags = {}
                 continue
             self.stats.events += 1
             if kind == ev.NOTE_ON:
@@ -244,14 +245,13 @@ class Engine:
 
     def _request_ramp(self, t: int, channel: int, flags: int) -> None:
         """Controls act on the channel at once (a note starting now uses them); voices already
-        sounding ramp to them from the next control hop boundary, over one hop."""
-        if channel in self._ramp_flags:
-            self._ramp_flags[channel] |= flags
-            return
-        self._ramp_flags[channel] = flags
-        boundary = -(-t // self.hop_frames) * self.hop_frames
-        heapq.heappush(self._queue, (boundary, self._seq, ev.Event(boundary, _RAMP, channel)))
-        self._seq += 1
+        sounding ramp to them from the next control hop boundary, over one hop, all channels
+        together."""
+        if not self._ramp_flags:
+            boundary = -(-t // self.hop_frames) * self.hop_frames
+            heapq.heappush(self._queue, (boundary, self._seq, ev.Event(boundary, _RAMP, 0)))
+            self._seq += 1
+        self._ramp_flags[channel] = self._ramp_flags.get(channel, 0) | flags
 
     def _channel_gains(self, ch: ChannelState) -> tuple[float, float]:
         gain = (ch.volume * ch.volume) * (ch.expression * ch.expression)
@@ -375,26 +375,40 @@ class Engine:
                 self.patch.presets[preset_name], note_hz(note), velocity, ch.brightness, ch.noise, self.sample_rate)
         return frame
 
-    def _update_channel(self, t: int, channel: int, flags: int) -> None:
-        """Ramp every sounding voice of ``channel`` to the channel's current controls from ``t``."""
-        voices = self._voices_of(t, channel)
+    def _update_voices(self, t: int, flags_by_channel: dict[int, int]) -> None:
+        """Ramp the sounding voices of the given channels to their channels' controls from ``t``,
+        in one vectorised pass; ``flags_by_channel`` says what changed on each channel."""
+        b = self.bank
+        flags = np.zeros(16, np.int64)
+        for c, f in flags_by_channel.items():
+            flags[c] = f
+        voices = np.flatnonzero((b.t_end > t) & (flags[b.channel] != 0))
         if len(voices) == 0:
             return
-        ch = self.channels[channel]
-        b = self.bank
-        freq = b.f0_hz[voices] * (2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate)
-        noise = None
-        if flags & _TIMBRE:
-            frames = [self._timbre(self._slot_preset[s], int(b.note[s]), int(b.velocity[s]), ch) for s in voices]
-            b.harmonics[voices] = np.array([f[0] for f in frames])
-            noise = np.array([f[1] for f in frames])
-            tables = b.build_tables(b.harmonics[voices], freq)
-        elif flags & _PITCH:
-            tables = b.retune_tables(voices, freq)
-        else:
-            tables = None
-        gain_l, gain_r = self._channel_gains(ch)
-        b.begin_ramp(voices, t, freq, np.full(len(voices), gain_l), np.full(len(voices), gain_r), tables, noise)
+        channel = b.channel[voices]
+        chans = self.channels
+        bend = np.array([ch.bend_semitones for ch in chans])[channel]
+        freq = b.f0_hz[voices] * 2.0 ** (bend / 12.0) / self.sample_rate
+        gains = np.array([self._channel_gains(ch) for ch in chans])[channel]
+        voice_flags = flags[channel]
+        tables = b.table_after[voices]
+        noise = b.noise_after[voices]
+        timbre = np.flatnonzero(voice_flags & _TIMBRE)
+        if len(timbre):
+            brightness = np.array([ch.brightness for ch in chans])
+            amount = np.array([ch.noise for ch in chans])
+            presets = [self._slot_preset[s] for s in voices[timbre]]
+            for name in set(presets):  # one vectorised call per preset (usually one)
+                rows = timbre[[p == name for p in presets]]
+                slots = voices[rows]
+                b.harmonics[slots], noise[rows], _ = frames_for_notes(
+                    self.patch.presets[name], b.f0_hz[slots], b.velocity[slots], brightness[channel[rows]],
+                    amount[channel[rows]], self.sample_rate)
+            tables[timbre] = b.build_tables(b.harmonics[voices[timbre]], freq[timbre])
+        pitch_only = np.flatnonzero(((voice_flags & _PITCH) != 0) & ((voice_flags & _TIMBRE) == 0))
+        if len(pitch_only):
+            tables[pitch_only] = b.retune_tables(voices[pitch_only], freq[pitch_only])
+        b.begin_ramp(voices, t, freq, gains[:, 0], gains[:, 1], tables, noise)
 
 
 def _event_problem(e: ev.Event) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import statistics
 import subprocess
@@ -214,10 +215,12 @@ SUSTAINING_PROGRAMS = (73, 19, 48, 81)
 
 
 def bench_synth_blocks(sample_rate: int, block_frames: int = BLOCK_FRAMES, voices=BLOCK_VOICES,
-                       repeats: int = BLOCK_REPEATS) -> list[tuple[int, int, float, float, float]]:
+                       repeats: int = BLOCK_REPEATS) -> list[tuple]:
     """Cost of one engine block with N sounding voices, on this thread, as the live host renders.
 
-    Returns (voices asked, voices sounding, median us, p99 us, median as % of the block's duration).
+    Two cases: voices left alone, and every channel moving its pitch bend and brightness (CC 74)
+    every block, which makes the engine ramp every voice and rebuild its wavetable.
+    Returns rows (case, voices asked, voices sounding, median us, p99 us, median as % of the block).
     """
     import numpy as np
 
@@ -228,34 +231,40 @@ def bench_synth_blocks(sample_rate: int, block_frames: int = BLOCK_FRAMES, voice
     patch = load_patch()
     budget_us = block_frames / sample_rate * 1e6
     rows = []
-    for n in voices:
-        engine = Engine(patch, sample_rate=sample_rate)
-        engine.reserve(block_frames)
-        for i in range(n):
-            channel = i % 8  # 8 channels, none of them percussion
-            engine.schedule(ev.program_change(0, channel, SUSTAINING_PROGRAMS[channel % len(SUSTAINING_PROGRAMS)]))
-            engine.schedule(ev.note_on(0, channel, 36 + 2 * i, 90))
-        out = np.zeros((block_frames, 2), np.float32)
-        for _ in range(int(0.5 * sample_rate / block_frames)):  # past every attack and decay
-            engine.render_into(out)
-        times = np.empty(repeats)
-        for k in range(repeats):
-            start = time.perf_counter()
-            engine.render_into(out)
-            times[k] = time.perf_counter() - start
-        times *= 1e6
-        median = float(np.median(times))
-        rows.append((n, engine.sounding_voices(), median, float(np.percentile(times, 99)),
-                     100.0 * median / budget_us))
+    for moving in (False, True):
+        for n in voices:
+            engine = Engine(patch, sample_rate=sample_rate)
+            engine.reserve(block_frames)
+            channels = range(min(n, 8))  # 8 channels, none of them percussion
+            for i in range(n):
+                channel = i % 8
+                engine.schedule(ev.program_change(0, channel, SUSTAINING_PROGRAMS[channel % len(SUSTAINING_PROGRAMS)]))
+                engine.schedule(ev.note_on(0, channel, 36 + 2 * i, 90))
+            out = np.zeros((block_frames, 2), np.float32)
+            for _ in range(int(0.5 * sample_rate / block_frames)):  # past every attack and decay
+                engine.render_into(out)
+            times = np.empty(repeats)
+            for k in range(repeats):
+                if moving:
+                    for c in channels:
+                        engine.schedule(ev.pitch_bend(engine.frame, c, int(4000 * math.sin(k / 40 + c))))
+                        engine.schedule(ev.control_change(engine.frame, c, 74, 64 + int(60 * math.sin(k / 25 + c))))
+                start = time.perf_counter()
+                engine.render_into(out)
+                times[k] = time.perf_counter() - start
+            times *= 1e6
+            median = float(np.median(times))
+            rows.append(("bend+CC74 every block" if moving else "steady", n, engine.sounding_voices(), median,
+                         float(np.percentile(times, 99)), 100.0 * median / budget_us))
     return rows
 
 
 def format_synth_blocks(rows, sample_rate: int, block_frames: int = BLOCK_FRAMES) -> str:
     lines = [f"Synth cost per {block_frames}-frame block at {sample_rate} Hz "
              f"({block_frames / sample_rate * 1e3:.2f} ms of audio), one thread:",
-             f"{'voices':>7}{'sounding':>10}{'median us':>11}{'p99 us':>9}{'% of block':>12}"]
-    for n, sounding, median, p99, share in rows:
-        lines.append(f"{n:>7}{sounding:>10}{median:>11.0f}{p99:>9.0f}{share:>11.1f}%")
+             f"{'controls':<24}{'voices':>7}{'sounding':>10}{'median us':>11}{'p99 us':>9}{'% of block':>12}"]
+    for case, n, sounding, median, p99, share in rows:
+        lines.append(f"{case:<24}{n:>7}{sounding:>10}{median:>11.0f}{p99:>9.0f}{share:>11.1f}%")
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def simple_song(n_notes: int = 8, channels=(0, 1, 2), beat_ticks: int = 480):
                 mido.Message("control_change", channel=c, control=7, value=90 + c, time=0)]
         for i in range(n_notes):
             note = 60 + 4 * c + (i * 5) % 12
-            msgs.append(mido.Message("note_on", channel=c, note=note, velocity=60 + 7 * i % 60, time=0 if i == 0 else 0))
+            msgs.append(mido.Message("note_on", channel=c, note=note, velocity=60 + 7 * i % 60, time=0))
             if i == 3:
                 msgs.append(mido.Message("pitchwheel", channel=c, pitch=3000, time=beat_ticks // 4))
                 msgs.append(mido.Message("control_change", channel=c, control=64, value=127, time=0))

@@ -27,7 +27,9 @@ N_NOISE_BANDS = 16
 NOISE_LOW_HZ = 40.0
 NOISE_HIGH_HZ = 20000.0
 
-_HARMONIC_NUMBERS = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
+_LOG_HARMONIC_NUMBERS = np.log(np.arange(1, N_HARMONICS + 1, dtype=np.float64))
+VELOCITY_CURVE = 1.6  # gain = (velocity / 127) ** VELOCITY_CURVE: soft notes stay audible
+NOISE_AMOUNT_RANGE = 2.0  # noise_amount 0..1 scales a preset's noise by 0..2
 # Tilt applied per unit of brightness away from the middle (0.5): amplitude *= k ** (tilt).
 BRIGHTNESS_TILT_RANGE = 2.0
 
@@ -153,29 +155,39 @@ def preset_for_program(program: int) -> str:
     return GM_FAMILY_PRESETS[max(0, min(127, program)) // 8]
 
 
-def velocity_gain(velocity: int) -> float:
-    """Velocity 1-127 → linear gain; a power curve so soft notes stay audible."""
-    return (max(1, min(127, velocity)) / 127.0) ** 1.6
-
-
 def frame_for_note(preset: Preset, f0_hz: float, velocity: int, brightness: float, noise_amount: float,
                    sample_rate: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """One parameter frame for a note.
+    """One parameter frame for a note: (harmonics (N_HARMONICS,), noise (N_NOISE_BANDS,), amp).
+    See :func:`frames_for_notes`."""
+    h, noise, amp = frames_for_notes(preset, np.array([f0_hz]), np.array([velocity]), brightness, noise_amount,
+                                     sample_rate)
+    return h[0], noise[0], float(amp[0])
 
-    brightness : 0..1, 0.5 is the preset as written; noise_amount : 0..1, 0.5 is as written.
-    Returns (harmonics (N_HARMONICS,), noise (N_NOISE_BANDS,), amp).
+
+def frames_for_notes(preset: Preset, f0_hz: np.ndarray, velocity: np.ndarray, brightness, noise_amount,
+                     sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parameter frames for V notes of one preset.
+
+    f0_hz : shape (V,), Hz; velocity : shape (V,), 1-127; brightness, noise_amount : scalars or
+    shape (V,), 0..1, where 0.5 plays the preset as written. Returns harmonics (V, N_HARMONICS)
+    with unit sum of squares, noise (V, N_NOISE_BANDS) band RMS, amp (V,) linear gain.
     """
-    k = _HARMONIC_NUMBERS
-    h = np.zeros(N_HARMONICS)
-    h[: len(preset.harmonics)] = preset.harmonics
+    velocity = np.asarray(velocity, dtype=np.float64)
+    brightness = np.asarray(brightness, dtype=np.float64)
+    noise_amount = np.asarray(noise_amount, dtype=np.float64)
+    base = np.zeros(N_HARMONICS)
+    base[: len(preset.harmonics)] = preset.harmonics
+    # Spectral tilt: brightness turns it up or down; soft notes are darker.
     tilt = (brightness - 0.5) * BRIGHTNESS_TILT_RANGE - preset.velocity_brightness * (1.0 - velocity / 127.0)
-    h = h * k ** tilt
-    h /= math.sqrt(float(np.sum(h * h))) or 1.0
+    h = base[None, :] * np.exp(tilt[:, None] * _LOG_HARMONIC_NUMBERS[None, :])  # base * k ** tilt
+    norm = np.sqrt(np.sum(h * h, axis=1, keepdims=True))
+    h /= np.where(norm > 0, norm, 1.0)
     centres = noise_band_centres_hz(sample_rate)
-    centre = min(max(preset.noise_centre_ratio * f0_hz, NOISE_LOW_HZ), NOISE_HIGH_HZ)
-    octaves = np.log2(centres / centre)
-    noise = preset.noise_level * 2.0 * noise_amount * np.exp(-0.5 * (octaves / preset.noise_width_octaves) ** 2)
+    centre = np.clip(preset.noise_centre_ratio * np.asarray(f0_hz, dtype=np.float64), NOISE_LOW_HZ, NOISE_HIGH_HZ)
+    relative = centres[None, :] / centre[:, None]
+    noise = (preset.noise_level * NOISE_AMOUNT_RANGE * noise_amount)[..., None] * np.exp(
+        -0.5 * (np.log2(relative) / preset.noise_width_octaves) ** 2)
     # Darker noise for soft notes too, so velocity colours the whole sound.
-    noise = noise * (centres / centre) ** (0.5 * tilt if tilt < 0 else 0.0)
-    amp = preset.gain * velocity_gain(velocity)
+    noise *= relative ** (0.5 * np.minimum(tilt, 0.0))[:, None]
+    amp = preset.gain * (np.clip(velocity, 1, 127) / 127.0) ** VELOCITY_CURVE
     return h, noise, amp
