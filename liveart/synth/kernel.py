@@ -12,6 +12,7 @@ Compiled on first use and cached beside this file (``__pycache__``).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -20,7 +21,8 @@ try:
 except ImportError:  # the numpy reference renderer is used instead
     numba = None
 
-KERNEL_AVAILABLE = numba is not None
+# LIVEART_NO_KERNEL=1 runs the numpy reference renderer, for comparison and debugging.
+KERNEL_AVAILABLE = numba is not None and os.environ.get("LIVEART_NO_KERNEL") != "1"
 
 
 def _fall_span(env, j0, j1, t0, base, scale, step, curve_k, curve_floor, anchor_mask, level, floor):
