@@ -32,7 +32,7 @@ import numpy as np
 from . import events as ev
 from .patch import CC_PARAMS, Patch
 from .synth import kernel
-from .synth.bank import FAR_FUTURE, VoiceBank
+from .synth.bank import FAR_FUTURE, TAPER_END, VoiceBank
 from .synth.presets import frame_for_note, frames_for_notes, preset_for_program
 
 # Extra voice slots beyond the polyphony, for voices fading out after being stolen.
@@ -40,6 +40,9 @@ STEAL_SLOTS_RATIO = 1.0
 # Internal queue entry: a hop boundary at which a channel's sounding voices follow its controls.
 _RAMP = -1
 _PITCH, _GAIN, _TIMBRE = 1, 2, 4  # what a ramp must update
+# Largest pitch ratio in one control hop: partials stop at TAPER_END (0.45) of the sample rate, so
+# within this ratio no partial of either cross-faded wavetable passes Nyquist during a ramp.
+MAX_GLIDE_PER_HOP = 0.5 / TAPER_END
 DEFAULT_TEMPO_US = 500_000
 FRAME_CACHE_SIZE = 4096  # distinct (preset, note, velocity, controls) sounds kept with their wavetables
 
@@ -222,8 +225,8 @@ class Engine:
             _, _, e = heapq.heappop(queue)
             kind = e.kind
             if kind == _RAMP:  # a hop boundary after control changes: sounding voices follow
-                self._update_voices(t, self._ramp_flags)
-                self._ramp_flags = {}
+                flags, self._ramp_flags = self._ramp_flags, {}
+                self._update_voices(t, flags)
                 continue
             self.stats.events += 1
             if kind == ev.NOTE_ON:
@@ -389,6 +392,14 @@ class Engine:
         chans = self.channels
         bend = np.array([ch.bend_semitones for ch in chans])[channel]
         freq = b.f0_hz[voices] * 2.0 ** (bend / 12.0) / self.sample_rate
+        # A voice's pitch moves at most MAX_GLIDE_PER_HOP in one hop: within that, neither of the
+        # two wavetables being cross-faded carries a partial past Nyquist. A larger jump glides
+        # over several hops (an octave in 7 hops, 19 ms at 48 kHz).
+        now = b.freq_before[voices] + (b.freq_after[voices] - b.freq_before[voices]) * b.ramp_weight_at(voices, t)
+        limited = np.clip(freq, now / MAX_GLIDE_PER_HOP, now * MAX_GLIDE_PER_HOP)
+        for c in np.unique(channel[limited != freq]):
+            self._request_ramp(t + 1, int(c), _PITCH)  # the rest of the way from the next boundary
+        freq = limited
         gains = np.array([self._channel_gains(ch) for ch in chans])[channel]
         voice_flags = flags[channel]
         tables = b.table_after[voices]

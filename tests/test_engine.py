@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from liveart import events as ev
-from liveart.engine import Engine
+from liveart.engine import MAX_GLIDE_PER_HOP, Engine
 from liveart.synth.kernel import KERNEL_AVAILABLE
 
 from .conftest import SR, make_patch, render_events
@@ -163,24 +163,34 @@ def test_pitch_bend_moves_the_pitch_by_the_configured_range(bend_range, bend):
     assert f_after == pytest.approx(expected, abs=3.0)
 
 
-def test_pitch_bend_glides_over_one_control_hop():
-    """A bend jump does not step the frequency: over the next hop the period shrinks gradually."""
-    patch = make_patch("pure", bend_range=12.0)
-    bend_at = 12800  # a hop boundary
-    out, engine = render_events(patch, [ev.note_on(0, 0, 93, 100), ev.pitch_bend(bend_at, 0, 8191)], 20000)
-    hop = engine.hop_frames
-    x = out[:, 0].astype(np.float64)
-    # Fractional zero crossings give the period to a fraction of a frame.
+def _periods(x: np.ndarray):
+    """(start frame, length) of every period of a sine, from fractional upward zero crossings."""
     i = np.flatnonzero((x[:-1] <= 0) & (x[1:] > 0))
     crossings = i + x[i] / (x[i] - x[i + 1])
-    periods = np.diff(crossings)
-    old, new = SR / 1760.0, SR / 3520.0
-    during = periods[(crossings[:-1] > bend_at) & (crossings[1:] < bend_at + hop)]
-    assert np.all(np.abs(periods[crossings[1:] < bend_at - 1] - old) < 0.05)
-    assert np.all(np.abs(periods[crossings[:-1] > bend_at + hop + 1] - new) < 0.05)
-    assert len(during) >= 3
-    assert np.all((during < old - 0.5) & (during > new + 0.5))  # in between, not a jump
-    assert np.all(np.diff(during) < 0)  # and falling
+    return crossings[:-1], np.diff(crossings)
+
+
+@pytest.mark.parametrize("bend,hops", [(1024, 1), (8191, 7)])  # +1.5 semitones; +12 semitones
+def test_pitch_bend_glides_without_folding_partials_back(bend, hops):
+    """A bend does not step the frequency: it glides from the next hop boundary, over one hop
+    when the step is small and over several when one hop would move the pitch by more than
+    MAX_GLIDE_PER_HOP (a partial of a cross-faded wavetable could pass Nyquist)."""
+    patch = make_patch("pure", bend_range=12.0)
+    bend_at = 12800  # a hop boundary
+    out, engine = render_events(patch, [ev.note_on(0, 0, 93, 100), ev.pitch_bend(bend_at, 0, bend)], 20000)
+    hop = engine.hop_frames
+    start, periods = _periods(out[:, 0].astype(np.float64))
+    old, new = SR / 1760.0, SR / (1760.0 * 2 ** (12 * bend / 8192 / 12))
+    glide_end = bend_at + hops * hop
+    during = periods[(start > bend_at) & (start + periods < glide_end)]
+    assert np.all(np.abs(periods[start + periods < bend_at - 1] - old) < 0.05)
+    assert np.all(np.abs(periods[start > glide_end + 1] - new) < 0.05)
+    assert len(during) >= 2
+    assert np.all((during < old - 0.1) & (during > new + 0.1))  # in between, not a jump
+    assert np.all(np.diff(during) < 0.01)  # and falling all the way
+    # Never more than the allowed pitch ratio per hop.
+    per_hop = [np.mean(periods[(start >= b) & (start + periods <= b + hop)]) for b in range(bend_at - hop, glide_end + hop, hop)]
+    assert np.max(np.array(per_hop[:-1]) / np.array(per_hop[1:])) <= MAX_GLIDE_PER_HOP * 1.05
 
 
 def test_voice_stealing_fades_instead_of_clicking():
