@@ -10,10 +10,11 @@ live host drive the very same object. Usage::
 
 Timing rules (the same for every block size):
 
-- note on/off, sustain pedal, all-notes-off, all-sound-off and program changes act at their exact
-  frame;
-- continuous controls (pitch bend, volume, pan, expression, mapped CCs) act at the first control
-  hop boundary at or after their frame and ramp over one hop, so they never click;
+- every event acts on the engine's state at its exact frame: notes and the pedal start and stop
+  there, and a note starting at or after a control change plays with it;
+- voices already sounding follow continuous controls (pitch bend, volume, pan, expression, mapped
+  CCs) from the first control hop boundary at or after the change, ramping over one hop so they
+  never click; a pitch change of more than MAX_GLIDE_PER_HOP glides over several hops;
 - an event scheduled for a frame already rendered is played at the next frame and counted in
   ``stats.late_events``.
 
