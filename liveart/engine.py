@@ -155,10 +155,6 @@ class Engine:
     def pending_events(self) -> int:
         return len(self._queue)
 
-    @property
-    def next_event_frame(self) -> int | None:
-        return self._queue[0][0] if self._queue else None
-
     def sounding_voices(self) -> int:
         return int(np.count_nonzero(self.bank.t_end > self.frame))
 
@@ -290,12 +286,8 @@ class Engine:
         freq = f0 * 2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate
         harmonics, noise, amp = self._timbre(ch.preset, note, velocity, ch)
         # Pieces repeat notes: a wavetable is built once per distinct sound and pitch.
-        key = (ch.preset, note, velocity, ch.brightness, ch.noise, ch.bend_semitones)
-        table = self._table_cache.get(key)
-        if table is None:
-            if len(self._table_cache) >= FRAME_CACHE_SIZE:
-                self._table_cache.clear()
-            table = self._table_cache[key] = b.build_tables(harmonics[None, :], np.array([freq]))[0]
+        table = _cached(self._table_cache, (ch.preset, note, velocity, ch.brightness, ch.noise, ch.bend_semitones),
+                        lambda: b.build_tables(harmonics[None, :], np.array([freq]))[0])
         gain_l, gain_r = self._channel_gains(ch)
         sr = self.sample_rate
         b.start_voice(
@@ -370,14 +362,9 @@ class Engine:
 
     def _timbre(self, preset_name: str, note: int, velocity: int, ch: ChannelState):
         """(harmonics, noise, amp) of a note under the channel's controls; cached per distinct sound."""
-        key = (preset_name, note, velocity, ch.brightness, ch.noise)
-        frame = self._frame_cache.get(key)
-        if frame is None:
-            if len(self._frame_cache) >= FRAME_CACHE_SIZE:
-                self._frame_cache.clear()
-            frame = self._frame_cache[key] = frame_for_note(
-                self.patch.presets[preset_name], note_hz(note), velocity, ch.brightness, ch.noise, self.sample_rate)
-        return frame
+        return _cached(self._frame_cache, (preset_name, note, velocity, ch.brightness, ch.noise),
+                       lambda: frame_for_note(self.patch.presets[preset_name], note_hz(note), velocity,
+                                              ch.brightness, ch.noise, self.sample_rate))
 
     def _update_voices(self, t: int, flags_by_channel: dict[int, int]) -> None:
         """Ramp the sounding voices of the given channels to their channels' controls from ``t``,
@@ -421,6 +408,16 @@ class Engine:
         if len(pitch_only):
             tables[pitch_only] = b.retune_tables(voices[pitch_only], freq[pitch_only])
         b.begin_ramp(voices, t, freq, gains[:, 0], gains[:, 1], tables, noise)
+
+
+def _cached(cache: dict, key, make):
+    """cache[key], made on a miss; the cache is emptied when it reaches FRAME_CACHE_SIZE entries."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= FRAME_CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = make()
+    return value
 
 
 def _event_problem(e: ev.Event) -> str:

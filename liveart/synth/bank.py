@@ -326,12 +326,9 @@ class VoiceBank:
         act = np.flatnonzero(self.t_end > t0)
         if len(act) == 0:
             return
-        self._kernel(t0, len(out_l), act, out_l, out_r)
-
-    def _kernel(self, t0, n, act, out_l, out_r) -> None:
         env, noise_now, noise_then = self._scratch
         kernel.render_segment(
-            t0, n, act, self.t_on, self.t_off, self.t_kill, self.level_off, self.attack_frames, self.decay_frames,
+            t0, len(out_l), act, self.t_on, self.t_off, self.t_kill, self.level_off, self.attack_frames, self.decay_frames,
             self.sustain_level, self.release_frames, self.amp_before, self.amp_after, self.ramp_at, self.phase_at,
             self.freq_before, self.freq_after, self.gain_l_before, self.gain_l_after, self.gain_r_before,
             self.gain_r_after, self.table_before, self.table_after, self.noise_before, self.noise_after,
