@@ -82,10 +82,104 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-minutes", type=_positive_float, default=60.0, metavar="M",
                    help="refuse pieces longer than this (default 60)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    r.add_argument("--continue", dest="continue_bars", type=_positive_int, metavar="BARS", default=None,
+                   help="let the melody model continue the piece for this many bars after it ends")
+    r.add_argument("--midi-out", metavar="OUT.mid", default=None,
+                   help="also write the MIDI that was played (with the model's part) to this file")
+    _melody_options(r, modes=False)
+
+    g = sub.add_parser("generate", help="let the melody model answer, continue or accompany a MIDI file",
+                       description="Play a MIDI file to the melody model and write the file with the model's "
+                                   "part added on a new track.")
+    g.add_argument("prime", metavar="PRIME.mid", help="the MIDI file the model hears")
+    g.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="MIDI file to write")
+    g.add_argument("--bars", type=_positive_int, default=8, metavar="N",
+                   help="bars to continue for (continue) or to play (free); default 8")
+    g.add_argument("--seed", type=_nonnegative_int, metavar="S", default=None,
+                   help="random seed (default: the patch's, 0)")
+    _melody_options(g, modes=True)
+    g.add_argument("-q", "--quiet", action="store_true", help="no summary")
+
+    t = sub.add_parser("train", help="train a model (needs the train extra: pip install 'liveart[train]')",
+                       description="Train one of liveart's models on data that ships in Python packages.")
+    tsub = t.add_subparsers(dest="what", metavar="MODEL", parser_class=_Parser)
+    tsub.required = True
+    tm = tsub.add_parser("melody", help="the melody GRU or LSTM (music21's corpus)")
+    tm.add_argument("--arch", choices=("gru", "lstm"), default="gru", help="recurrent cell (default gru)")
+    tm.add_argument("--hidden", type=_positive_int, default=256, metavar="H", help="units per layer (default 256)")
+    tm.add_argument("--layers", type=_positive_int, default=2, metavar="L", help="layers (default 2)")
+    tm.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="random seed (default 1)")
+    tm.add_argument("--epochs", type=_positive_int, default=10, metavar="N",
+                    help="epochs; the learning rate decays over them (default 10)")
+    tm.add_argument("--patience", type=_positive_int, default=3, metavar="N",
+                    help="stop after this many epochs without a better validation score (default 3)")
+    tm.add_argument("--max-minutes", type=_positive_float, default=30.0, metavar="M",
+                    help="a safety net: stop before an epoch that would end past this (default 30)")
+    tm.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (default 2)")
+    tm.add_argument("--data", metavar="PATH", default=".cache/melody-dataset-v2.npz",
+                    help="the cached data set; built from music21's corpus when missing")
+    tm.add_argument("--rebuild-data", action="store_true", help="parse the corpus again even if cached")
+    tm.add_argument("--out", metavar="DIR", default="models", help="where the checkpoint and ONNX go (default models)")
+    tm.add_argument("--name", metavar="NAME", default=None, help="file name stem (default melody-ARCH)")
 
     p = sub.add_parser("patches", help="list the shipped patches and the built-in presets")
     p.add_argument("--check", metavar="P", default=None, help="validate one patch (name or path) and report")
     return parser
+
+
+def _melody_options(parser, modes: bool) -> None:
+    if modes:
+        parser.add_argument("--mode", choices=("answer", "continue", "accompany", "free"), default=None,
+                            help="how the model plays (default: the patch's [melody] mode when --patch is given, "
+                                 "else continue)")
+        parser.add_argument("--answer-ratio", type=_positive_float, default=None, metavar="R",
+                            help="answer length relative to the phrase (answer mode; default the patch's, 1)")
+        parser.add_argument("--silence", type=float, default=None, metavar="SECONDS",
+                            help="silence that ends a phrase (answer mode; default the patch's, 0.6)")
+        parser.add_argument("--melody-channel", type=_positive_int, default=None, metavar="CH",
+                            help="the channel (1-16) the model hears; default: the top line of all pitched channels")
+        parser.add_argument("--free-time", action="store_true",
+                            help="ignore the file's meter (a phrase played without a clock)")
+        parser.add_argument("--patch", metavar="P", default=None, help="patch whose [melody] settings apply")
+    parser.add_argument("--model", metavar="M", default=None,
+                        help="melody model: gru, lstm or a path to an .onnx file (default: the patch's, gru)")
+    parser.add_argument("--temperature", type=_positive_float, default=None, metavar="T",
+                        help="sampling temperature (default: the patch's, 1.0)")
+    parser.add_argument("--top-p", type=_positive_float, default=None, metavar="P", help="nucleus sampling mass")
+    parser.add_argument("--density", type=_positive_float, default=None, metavar="D",
+                        help="more (>1) or fewer (<1) new notes")
+    parser.add_argument("--key-lock", default=None, metavar="KEY",
+                        help="off, auto (from what the model hears) or a key such as 'D minor'")
+    parser.add_argument("--range", dest="note_range", default=None, metavar="LOW-HIGH",
+                        help="MIDI note range of the model's notes, e.g. 55-84")
+
+
+def _play_settings(args, patch):
+    """The patch's [melody] settings with the command line's changes."""
+    from dataclasses import replace
+
+    from .errors import RenderError
+
+    settings = patch.melody.settings
+    changes = {}
+    for name, attr in (("mode", "mode"), ("answer_ratio", "answer_ratio"), ("silence", "silence_seconds"),
+                       ("temperature", "temperature"), ("top_p", "top_p"), ("density", "density"),
+                       ("key_lock", "key_lock")):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[attr] = value
+    if getattr(args, "note_range", None):
+        try:
+            low, high = (int(x) for x in args.note_range.split("-"))
+        except ValueError:
+            raise RenderError(f"--range: {args.note_range!r} is not LOW-HIGH (e.g. 55-84)") from None
+        changes["low_pitch"], changes["high_pitch"] = low, high
+    try:
+        settings = replace(settings, **changes)
+        settings.validate()
+    except ValueError as e:
+        raise RenderError(str(e)) from None
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             return _render(args)
         if args.command == "patches":
             return _patches(args)
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "train":
+            return _train(args)
     except LiveartError as e:
         print(f"liveart: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -126,9 +224,23 @@ def _in_main_thread() -> bool:
 def _render(args) -> int:
     from .hosts.offline import render
 
-    report = render(args.midi, args.output, patch=args.patch, sample_rate=args.sample_rate,
+    from .patch import load_patch
+
+    patch = load_patch(args.patch)
+    melody = None
+    if args.continue_bars is not None:
+        from dataclasses import replace
+
+        melody = {"settings": replace(_play_settings(args, patch), mode="continue"), "bars": args.continue_bars,
+                  "model": args.model or patch.melody.model}
+    elif args.midi_out is not None:
+        from .errors import RenderError
+
+        raise RenderError("--midi-out goes with --continue (without it, the MIDI played is the input file)")
+    report = render(args.midi, args.output, patch=patch, sample_rate=args.sample_rate,
                     block_frames=args.block, seed=args.seed, audio_format=args.audio_format,
-                    max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty())
+                    max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty(),
+                    melody=melody, midi_out=args.midi_out)
     if report.gain_db < 0:
         print(f"liveart: note: the mix peaked at {report.peak:.2f}; scaled by {report.gain_db:.1f} dB so it "
               f"does not clip", file=sys.stderr)
@@ -140,6 +252,52 @@ def _render(args) -> int:
             print(report.summary(), flush=True)
         except OSError:  # a closed or full stdout; the file is written all the same
             pass
+    return 0
+
+
+def _generate(args) -> int:
+    from .errors import RenderError
+    from .hosts.generate import generate_file
+    from .patch import load_patch
+
+    patch = load_patch(args.patch)
+    if args.mode is None and args.patch is None:
+        args.mode = "continue"  # the default patch's mode is for live play; offline, continue
+    settings = _play_settings(args, patch)
+    channel = None
+    if args.melody_channel is not None:
+        if not 1 <= args.melody_channel <= 16:
+            raise RenderError(f"--melody-channel must be 1 to 16, not {args.melody_channel}")
+        channel = args.melody_channel - 1
+    seed = patch.melody.seed if args.seed is None else args.seed
+    result, _ = generate_file(args.prime, args.output, settings, bars=args.bars, seed=seed,
+                              model=args.model or patch.melody.model, melody_channel=channel,
+                              free_time=args.free_time, program=patch.melody.program, cc_map=patch.cc_map())
+    if not args.quiet:
+        print(f"wrote {args.output} ({len(result.notes)} generated notes, mode {result.mode}, seed {seed})")
+    return 0
+
+
+def _train(args) -> int:
+    from .errors import LiveartError
+
+    try:
+        import torch  # noqa: F401
+        import music21  # noqa: F401
+    except ImportError as e:
+        raise LiveartError(f"training needs the train extra ({e.name} is missing): pip install 'liveart[train]'") from None
+    from pathlib import Path
+
+    from .training.melody_data import build_dataset
+    from .training.melody_model import MelodyConfig
+    from .training.train_melody import train
+
+    data = build_dataset(Path(args.data), rebuild=args.rebuild_data)
+    config = MelodyConfig(arch=args.arch, hidden=args.hidden, layers=args.layers)
+    result = train(data, config, Path(args.out), seed=args.seed, max_epochs=args.epochs, patience=args.patience,
+                   max_minutes=args.max_minutes, threads=args.threads, name=args.name)
+    print(f"trained {config.arch}: best validation {result.best_valid_bits:.3f} bits/step at epoch "
+          f"{result.best_epoch} of {result.epochs} ({result.seconds / 60:.1f} min); wrote {result.onnx}")
     return 0
 
 

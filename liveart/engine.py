@@ -344,8 +344,8 @@ class Engine:
             ch.bend_semitones = 0.0
             self._request_ramp(t, channel, _PITCH | _GAIN)
         for mapping in self._cc_map.get(control, ()):
-            if mapping.channel is not None and mapping.channel != channel:
-                continue
+            if mapping.channel is not None and mapping.channel != channel or mapping.param not in CC_PARAMS:
+                continue  # another channel's, or a melody parameter (the host's, not the engine's)
             low, high = CC_PARAMS[mapping.param]
             v = min(max(mapping.value(value), low), high)
             if mapping.param == "attack":

@@ -26,3 +26,7 @@ class RenderError(LiveartError):
 
 class PortError(LiveartError):
     """A MIDI port or audio device that does not exist or cannot be opened."""
+
+
+class ModelError(LiveartError):
+    """A model file that is missing, unreadable or not the kind of model liveart expects."""

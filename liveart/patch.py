@@ -19,6 +19,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import PatchError
+from .melody.play import MODES as MELODY_MODES
+from .melody.play import PlaySettings, parse_key
 from .synth.presets import BUILTIN_PRESETS, N_HARMONICS, Preset
 
 # The repository's patches/ folder; liveart/data/patches links to it so that wheels carry it too.
@@ -39,6 +41,21 @@ CC_PARAMS: dict[str, tuple[float, float]] = {
     "attack": (0.05, 10.0),      # multiplier on the preset's attack time, new notes
     "release": (0.05, 10.0),     # multiplier on the preset's release time, new notes
 }
+
+# Melody-model parameters a controller can drive (the host applies them to its partner, not the
+# engine): (low, high) for continuous ones; mode picks one of the modes by value range; key_lock
+# turns the automatic key lock on at 64 and above; panic silences the model at 64 and above.
+MELODY_CC_PARAMS: dict[str, tuple[float, float]] = {
+    "melody_temperature": (0.1, 3.0),
+    "melody_density": (0.1, 4.0),
+    "melody_answer_length": (0.25, 4.0),
+    "melody_mode": (0.0, 3.0),
+    "melody_key_lock": (0.0, 1.0),
+    "melody_panic": (0.0, 1.0),
+}
+MELODY_KEYS = ("model", "mode", "temperature", "top_p", "density", "answer_ratio", "continue_bars",
+               "silence_seconds", "wait_for_bar", "key_lock", "low_pitch", "high_pitch", "velocity", "program",
+               "seed")
 
 # Controllers the engine keeps for itself (120-127 are channel mode messages, beyond the range).
 ENGINE_CONTROLLERS = {64: "64 (the sustain pedal)"}
@@ -97,6 +114,11 @@ class Patch:
     channels: tuple[ChannelSettings, ...]  # 16, index = MIDI channel 0-15
     presets: dict[str, Preset] = field(default_factory=dict)
     cc: tuple[CCMapping, ...] = ()
+    melody: "MelodyPatch" = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.melody is None:
+            object.__setattr__(self, "melody", MelodyPatch())
 
     def cc_map(self) -> dict[int, list[CCMapping]]:
         table: dict[int, list[CCMapping]] = {}
@@ -106,6 +128,16 @@ class Patch:
 
     def max_release_seconds(self) -> float:
         return max(p.release_seconds for p in self.presets.values()) * CC_PARAMS["release"][1]
+
+
+@dataclass(frozen=True)
+class MelodyPatch:
+    """The melody model's part: which model, how it plays, and the program its notes sound with."""
+
+    model: str = "gru"
+    settings: PlaySettings = field(default_factory=PlaySettings)
+    program: int = 73  # General MIDI flute
+    seed: int = 0
 
 
 class _Checker:
@@ -187,8 +219,9 @@ def load_patch(name_or_path: str | Path | None = None) -> Patch:
 def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
     check = _Checker(source)
     for key in data:
-        if key not in ("name", "description", "audio", "channels", "presets", "cc"):
-            raise check.fail(key, data[key], "no such key; top-level keys are name, description, audio, channels, presets, cc")
+        if key not in ("name", "description", "audio", "channels", "presets", "cc", "melody"):
+            raise check.fail(key, data[key], "no such key; top-level keys are name, description, audio, channels, "
+                                             "presets, cc, melody")
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str):
         raise check.fail("name", name, "a string")
@@ -268,8 +301,8 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         number = check.integer(m, "number", -1, 0, 119, where)
         if number in ENGINE_CONTROLLERS:
             raise check.fail(where + "number", number, f"a controller other than {ENGINE_CONTROLLERS[number]}")
-        param = check.choice(m, "param", None, tuple(CC_PARAMS), where)
-        low_limit, high_limit = CC_PARAMS[param]
+        param = check.choice(m, "param", None, tuple(CC_PARAMS) + tuple(MELODY_CC_PARAMS), where)
+        low_limit, high_limit = CC_PARAMS[param] if param in CC_PARAMS else MELODY_CC_PARAMS[param]
         low = check.number(m, "min", low_limit, low_limit, high_limit, where)
         high = check.number(m, "max", high_limit, low_limit, high_limit, where)
         channel = m.get("channel")
@@ -281,7 +314,42 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         if number not in mapped:
             low, high = CC_PARAMS[param]
             mappings.append(CCMapping(number, param, low, high, None))
-    return Patch(name, source, audio, channels, presets, tuple(mappings))
+    return Patch(name, source, audio, channels, presets, tuple(mappings), _melody(check, data))
+
+
+def _melody(check: _Checker, data: dict) -> MelodyPatch:
+    m = check.table(data, "melody", MELODY_KEYS)
+    w = "melody."
+    model = m.get("model", "gru")
+    if not isinstance(model, str) or not model:
+        raise check.fail(w + "model", model, "gru, lstm or a path to an .onnx file")
+    key_lock = m.get("key_lock", "off")
+    if not isinstance(key_lock, str):
+        raise check.fail(w + "key_lock", key_lock, "off, auto or a key such as 'D minor'")
+    try:
+        parse_key(key_lock)
+    except ValueError as e:
+        raise check.fail(w + "key_lock", key_lock, "off, auto or a key such as 'D minor'") from e
+    wait = m.get("wait_for_bar", True)
+    if not isinstance(wait, bool):
+        raise check.fail(w + "wait_for_bar", wait, "true or false")
+    low = check.integer(m, "low_pitch", 48, 36, 96, w)
+    high = check.integer(m, "high_pitch", 88, 36, 96, w)
+    if high < low:
+        raise check.fail(w + "high_pitch", high, f"a note at or above low_pitch ({low})")
+    settings = PlaySettings(
+        mode=check.choice(m, "mode", "answer", MELODY_MODES, w),
+        temperature=check.number(m, "temperature", 1.0, 0.05, 5.0, w),
+        top_p=check.number(m, "top_p", 0.95, 0.01, 1.0, w),
+        density=check.number(m, "density", 1.0, 0.05, 10.0, w),
+        answer_ratio=check.number(m, "answer_ratio", 1.0, 0.05, 8.0, w),
+        continue_bars=check.integer(m, "continue_bars", 4, 1, 1024, w),
+        silence_seconds=check.number(m, "silence_seconds", 0.6, 0.0, 60.0, w),
+        wait_for_bar=wait, key_lock=key_lock, low_pitch=low, high_pitch=high,
+        velocity=check.integer(m, "velocity", 0, 0, 127, w),
+    )
+    return MelodyPatch(model=model, settings=settings, program=check.integer(m, "program", 73, 0, 127, w),
+                       seed=check.integer(m, "seed", 0, 0, 2**31 - 1, w))
 
 
 def _channel(check: _Checker, spec: dict, where: str, base: ChannelSettings, presets: dict) -> ChannelSettings:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Set up a checkout: the Debian packages liveart needs, the virtualenv .venv, and liveart installed
-# into it in editable mode with the dev extra. Safe to run again; fast when nothing has changed.
-# torch (the `train` extra) is never installed here.
+# into it in editable mode with the extras in LIVEART_EXTRAS (default: dev). Safe to run again; fast
+# when nothing has changed. The test suite asks for dev,train: the train extra pins torch==2.13.0
+# (a CPU build lies on this project's machines; an unpinned torch would pull a multi-GB CUDA build).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO_ROOT/.venv"
-STAMP="$VENV/.liveart-pyproject.sha256"  # sha256 of pyproject.toml at the last good install
+STAMP="$VENV/.liveart-pyproject.sha256"  # sha256 of pyproject.toml + extras at the last good install
+EXTRAS="${LIVEART_EXTRAS:-dev}"
 APT_PACKAGES=(libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm ffmpeg jackd2)
 MIN_PYTHON="3.10"
 
@@ -88,8 +90,8 @@ ensure_venv_module() {  # Debian's Python ships venv's pip bootstrap in a separa
 
 pyproject_hash() {
     "$VENV/bin/python" -c \
-        'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
-        "$REPO_ROOT/pyproject.toml"
+        'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read() + sys.argv[2].encode()).hexdigest())' \
+        "$REPO_ROOT/pyproject.toml" "$EXTRAS"
 }
 
 install_package() {
@@ -98,11 +100,11 @@ install_package() {
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
         return
     fi
-    echo "setup: installing liveart into .venv (pip install -e '.[dev]')"
+    echo "setup: installing liveart into .venv (pip install -e '.[$EXTRAS]')"
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
     "${pip[@]}" install -q --upgrade pip || die "upgrading pip in .venv failed (see above)"
-    (cd "$REPO_ROOT" && "${pip[@]}" install -q -e '.[dev]') \
-        || die "pip install -e '.[dev]' failed (see above)"
+    (cd "$REPO_ROOT" && "${pip[@]}" install -q -e ".[$EXTRAS]") \
+        || die "pip install -e '.[$EXTRAS]' failed (see above)"
     echo "$hash" >"$STAMP"
 }
 

@@ -4,6 +4,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$REPO_ROOT/scripts/setup.sh"
+# The tests need the train extra too: torch/ONNX parity and the data set builder.
+LIVEART_EXTRAS=dev,train bash "$REPO_ROOT/scripts/setup.sh"
 cd "$REPO_ROOT"
 exec "$REPO_ROOT/.venv/bin/python" -m pytest -q "$@"

@@ -71,8 +71,12 @@ def check_output_path(path: Path) -> None:
 def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Path | None = None,
            sample_rate: int | None = None, block_frames: int | None = None, seed: int = 0,
            audio_format: str = "pcm16", max_minutes: float = DEFAULT_MAX_MINUTES,
-           progress: bool = False) -> RenderReport:
-    """Render ``midi_path`` to ``wav_path``. Raises LiveartError subclasses on bad input."""
+           progress: bool = False, melody: dict | None = None, midi_out: str | Path | None = None) -> RenderReport:
+    """Render ``midi_path`` to ``wav_path``. Raises LiveartError subclasses on bad input.
+
+    ``melody``: ``{"settings": PlaySettings, "bars": N, "model": name or path}`` lets the melody model
+    continue the piece (see :mod:`liveart.hosts.generate`); ``midi_out`` then receives the MIDI played.
+    """
     started = time.perf_counter()
     wav_path = Path(wav_path)
     patch = patch if isinstance(patch, Patch) else load_patch(patch)
@@ -91,7 +95,21 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
     if Path(midi_path).exists() and wav_path.exists() and os.path.samefile(midi_path, wav_path):
         raise OutputError(f"{wav_path}: is the input file; give another output name")
 
-    performance = read_midi_file(midi_path)
+    combined = None
+    if melody is not None:
+        from .generate import check_midi_output, combined_midi, generate
+        from ..melody.model import MelodyModel
+        from ..midi.files import read_midi_notes
+
+        if midi_out is not None:
+            check_midi_output(Path(midi_out), Path(midi_path))
+        source = read_midi_notes(midi_path)
+        result = generate(source, MelodyModel(melody.get("model")), melody["settings"], bars=melody["bars"], seed=seed,
+                          cc_map=patch.cc_map())
+        combined = combined_midi(result, patch.melody.program)
+        performance = read_midi_file(midi_path, midi=combined)
+    else:
+        performance = read_midi_file(midi_path)
     if performance.duration_seconds > max_minutes * 60.0:
         raise RenderError(f"{midi_path}: the piece lasts {_duration_text(performance.duration_seconds)}; "
                           f"the limit is {max_minutes:g} min (raise it with --max-minutes)")
@@ -137,6 +155,10 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         except (OSError, RuntimeError) as e:  # soundfile raises RuntimeError-derived LibsndfileError
             raise OutputError(f"{wav_path}: cannot write the audio ({e})") from e
         temp_paths.remove(temp_out)
+        if combined is not None and midi_out is not None:
+            from .generate import write_midi_atomic
+
+            write_midi_atomic(combined, Path(midi_out))
     finally:
         for p in temp_paths:
             try:

@@ -29,7 +29,8 @@ class MidiPerformance:
         return [ev.Event(int(round(t * sample_rate)), kind, ch, a, b) for t, kind, ch, a, b in self.timeline]
 
 
-def read_midi_file(path: str | Path) -> MidiPerformance:
+def open_midi_file(path: str | Path):
+    """A readable type 0 or 1 MIDI file → ``mido.MidiFile``; anything else → MidiFileError."""
     import mido  # lazy: keeps `import liveart` light
 
     path = Path(path)
@@ -49,7 +50,14 @@ def read_midi_file(path: str | Path) -> MidiPerformance:
         raise MidiFileError(f"{path}: type 2 (asynchronous) MIDI files are not supported; convert it to type 1")
     if midi.ticks_per_beat <= 0:
         raise MidiFileError(f"{path}: not a readable MIDI file (ticks per beat is {midi.ticks_per_beat})")
+    return midi
 
+
+def read_midi_file(path: str | Path, midi=None) -> MidiPerformance:
+    """A MIDI file (or an already opened ``mido.MidiFile`` given as ``midi``) → its time line."""
+    if midi is None:
+        midi = open_midi_file(path)
+    path = Path(path)
     perf = MidiPerformance(str(path))
     now = 0.0
     timeline = perf.timeline
@@ -104,3 +112,71 @@ def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     text = text[:120]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@dataclass
+class MidiNotes:
+    """A MIDI file's notes in ticks, with what is needed to put new notes on its grid."""
+
+    path: str
+    midi: object  # the mido.MidiFile
+    ticks_per_beat: int
+    notes: list[tuple[int, int, int, int, int]]  # (start_tick, end_tick, channel, pitch, velocity), sorted
+    time_signatures: list[tuple[int, int, int]]  # (tick, numerator, denominator)
+    tempos: list[tuple[int, int]]  # (tick, microseconds per beat); starts with (0, 500000) if the file has none
+    end_tick: int
+    controls: list[tuple[int, int, int, int]] = field(default_factory=list)  # (tick, channel, control, value)
+
+    def seconds_at(self, tick: float) -> float:
+        """Seconds at ``tick`` through the tempo map; beyond the end, the last tempo goes on."""
+        seconds = 0.0
+        prev_tick, tempo = 0, self.tempos[0][1]
+        for t, new_tempo in self.tempos:
+            if t >= tick:
+                break
+            seconds += (t - prev_tick) * tempo / 1e6 / self.ticks_per_beat
+            prev_tick, tempo = t, new_tempo
+        return seconds + (tick - prev_tick) * tempo / 1e6 / self.ticks_per_beat
+
+
+def read_midi_notes(path: str | Path, midi=None) -> MidiNotes:
+    """The notes of a type 0 or 1 MIDI file in ticks (notes left open end at the file's end)."""
+    import mido
+
+    if midi is None:
+        midi = open_midi_file(path)
+    path = Path(path)
+    notes = []
+    open_notes: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    signatures: list[tuple[int, int, int]] = []
+    tempos: list[tuple[int, int]] = []
+    controls: list[tuple[int, int, int, int]] = []
+    tick = 0
+    try:
+        for msg in mido.merge_tracks(midi.tracks):
+            tick += msg.time
+            t = msg.type
+            if t == "note_on" and msg.velocity > 0:
+                open_notes.setdefault((msg.channel, msg.note), []).append((tick, msg.velocity))
+            elif t in ("note_on", "note_off"):
+                started = open_notes.get((msg.channel, msg.note))
+                if started:
+                    start, velocity = started.pop(0)
+                    notes.append((start, tick, msg.channel, msg.note, velocity))
+            elif t == "time_signature":
+                signatures.append((tick, msg.numerator, msg.denominator))
+            elif t == "set_tempo" and msg.tempo > 0:
+                tempos.append((tick, msg.tempo))
+            elif t == "control_change":
+                controls.append((tick, msg.channel, msg.control, msg.value))
+    except Exception as e:
+        raise MidiFileError(f"{path}: not a readable MIDI file ({_reason(e)})") from e
+    for (channel, pitch), started in open_notes.items():
+        for start, velocity in started:
+            notes.append((start, tick, channel, pitch, velocity))
+    if not notes:
+        raise MidiFileError(f"{path}: contains no notes")
+    if not tempos or tempos[0][0] > 0:
+        tempos.insert(0, (0, 500000))
+    notes.sort()
+    return MidiNotes(str(path), midi, midi.ticks_per_beat, notes, signatures, tempos, tick, controls)
