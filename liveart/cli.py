@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output sample rate in Hz (default: the patch's, 48000)")
     r.add_argument("--block", type=_positive_int, metavar="N", default=None,
                    help="engine block size in frames (default 4096; the output does not depend on it)")
-    r.add_argument("--seed", type=_nonnegative_int, metavar="S", default=0, help="random seed (default 0)")
+    r.add_argument("--seed", type=_nonnegative_int, metavar="S", default=None,
+                   help="random seed of the synth and the melody model (default 0; the melody model: the patch's)")
     r.add_argument("--format", dest="audio_format", choices=("pcm16", "pcm24", "float"), default="pcm16",
                    help="sample format (default pcm16)")
     r.add_argument("--max-minutes", type=_positive_float, default=60.0, metavar="M",
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--data", metavar="PATH", default=".cache/melody-dataset-v2.npz",
                     help="the cached data set; built from music21's corpus when missing")
     tm.add_argument("--rebuild-data", action="store_true", help="parse the corpus again even if cached")
-    tm.add_argument("--out", metavar="DIR", default="models", help="where the checkpoint and ONNX go (default models)")
+    tm.add_argument("--out", metavar="DIR", default="models",
+                    help="where the checkpoint and ONNX go (default models: replaces the shipped model)")
     tm.add_argument("--name", metavar="NAME", default=None, help="file name stem (default melody-ARCH)")
 
     p = sub.add_parser("patches", help="list the shipped patches and the built-in presets")
@@ -232,13 +234,14 @@ def _render(args) -> int:
         from dataclasses import replace
 
         melody = {"settings": replace(_play_settings(args, patch), mode="continue"), "bars": args.continue_bars,
-                  "model": args.model or patch.melody.model}
+                  "model": args.model or patch.melody.model,
+                  "seed": patch.melody.seed if args.seed is None else args.seed}
     elif args.midi_out is not None:
         from .errors import RenderError
 
         raise RenderError("--midi-out goes with --continue (without it, the MIDI played is the input file)")
     report = render(args.midi, args.output, patch=patch, sample_rate=args.sample_rate,
-                    block_frames=args.block, seed=args.seed, audio_format=args.audio_format,
+                    block_frames=args.block, seed=args.seed or 0, audio_format=args.audio_format,
                     max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty(),
                     melody=melody, midi_out=args.midi_out)
     if report.gain_db < 0:

@@ -712,3 +712,106 @@ def test_no_generated_note_is_left_hanging(tmp_path, capsys, gru_path, mode):
         notes = model_part(mido.MidiFile(str(out)))  # fails on a hanging or doubled note
         ons = sum(m.type == "note_on" and m.velocity > 0 for m in mido.MidiFile(str(out)).tracks[-1])
         assert ons == len(notes)
+
+
+def test_the_partners_notes_sound_through_the_engine_at_their_frames(model):
+    """The live path: a partner's actions become engine events at their steps' frames, and the engine
+    sounds each note from that frame on (silence before the first)."""
+    from liveart.engine import Engine
+    from liveart.melody.play import to_events
+    from liveart.patch import load_patch
+
+    sr, step_frames = 48000, 6000  # a 16th at 120 bpm
+    partner = Partner(model, PlaySettings(mode="free", temperature=0.8), seed=5, meter=rep.Meter())
+    events = []
+    for k in range(4, 36):  # the partner starts a bar in: silence first
+        events += to_events(partner.step(k), k * step_frames, 3)
+    events += to_events(partner.finish(), 36 * step_frames, 3)
+    ons = [e for e in events if e.kind == ev.NOTE_ON]
+    assert ons and all(e.frame % step_frames == 0 and e.channel == 3 for e in events)
+    engine = Engine(load_patch("default"), sample_rate=sr)
+    engine.schedule_many(events)
+    audio = np.zeros((37 * step_frames + sr, 2), np.float32)
+    engine.render_into(audio)
+    first = ons[0].frame
+    assert np.abs(audio[:first]).max() == 0.0, "nothing sounds before the first note"
+    assert np.abs(audio[first : first + 2000]).max() > 1e-3, "the first note sounds from its frame"
+    assert engine.sounding_notes() == [], "every note the partner started has ended"
+
+
+# ----------------------------------------------------------------- found in review: edge cases
+@pytest.mark.parametrize("lock, note_range", [("C major", "61-61"), ("auto", "61-61")])
+def test_a_key_lock_with_no_note_in_the_range_is_a_clear_error_or_plays_unlocked(tmp_path, capsys, gru_path,
+                                                                                    lock, note_range):
+    prime = prime_file(tmp_path / "p.mid", C_PHRASE)
+    out = tmp_path / "out.mid"
+    rc, _, err = run_cli(capsys, "generate", prime, "-o", out, "--model", gru_path, "--key-lock", lock,
+                         "--range", note_range, "--bars", "1")
+    if lock == "auto":  # the key is only known while playing: the model plays unlocked, in range
+        assert rc == 0, err
+        assert all(p == 61 for _, _, p, _ in model_part(mido.MidiFile(out)))
+    else:
+        assert rc == 1 and err.count("\n") == 1 and err.startswith("liveart: error:") and not out.exists()
+
+
+def test_a_model_whose_graph_does_not_match_its_metadata_is_refused(tmp_path, gru_path):
+    import onnx
+
+    from liveart.errors import ModelError
+
+    m = onnx.load(str(gru_path))
+    for prop in m.metadata_props:
+        if prop.key == "hidden":
+            prop.value = "128"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(ModelError, match="does not match its metadata"):
+        MelodyModel(bad)
+
+
+def test_panic_stops_free_play_until_resumed(model):
+    partner = Partner(model, PlaySettings(mode="free", temperature=1.2), seed=1, meter=rep.Meter())
+    for k in range(8):
+        partner.step(k)
+    partner.panic()
+    assert not partner.busy
+    assert all(partner.step(k) == [] for k in range(8, 40)), "nothing plays after a panic"
+    partner.resume()
+    assert any(partner.step(k) for k in range(40, 72)), "free play goes on after resume()"
+
+
+def test_an_answer_comes_even_after_a_long_silence(tmp_path, capsys, gru_path):
+    prime = prime_file(tmp_path / "p.mid", C_PHRASE)
+    out = tmp_path / "out.mid"
+    rc, _, err = run_cli(capsys, "generate", prime, "-o", out, "--model", gru_path, "--mode", "answer",
+                         "--silence", "20")
+    assert rc == 0, err
+    notes = model_part(mido.MidiFile(out))
+    assert notes, "the answer comes after 20 s of silence"
+    assert min(s for s, *_ in notes) >= (16 + 160) * STEP_TICKS, "and not before the silence has passed"
+
+
+def test_a_new_phrase_before_the_answer_never_feeds_a_step_twice(model):
+    """The model's clock only moves forward: when the player starts again while the answer waits for
+    the bar line, the new phrase is not fed over steps the model has already seen."""
+    from liveart.hosts.generate import drive
+
+    fed = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def step(self, tokens, features, state):
+            fed.append(int(np.argmax(features[0, rep.F_BEAT0 : rep.F_BEAT0 + 8])) * 4
+                       + int(np.argmax(features[0, rep.F_STEP0 : rep.F_STEP0 + 8])))
+            return model.step(tokens, features, state)
+
+    partner = Partner(Spy(), PlaySettings(mode="answer", silence_seconds=0.0, wait_for_bar=True), seed=3,
+                      meter=rep.Meter())
+    first = [(k, k + 1, 60 + k, 80) for k in range(5)]  # ends at step 5; the answer waits for step 16
+    second = [(k, k + 1, 60 + k, 80) for k in range(8, 12)]  # comes first, at step 8
+    notes = drive(partner, first + second, 0, 64, end_input=12)
+    assert notes and min(s for s, *_ in notes) >= 16, "the answer to the second phrase, on the bar line"
+    # Every fed step's place in the bar follows the one before it: none fed twice, none skipped.
+    assert all((b - a) % 16 == 1 for a, b in zip(fed, fed[1:])), fed

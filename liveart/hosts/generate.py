@@ -84,6 +84,20 @@ def meters_of(source: MidiNotes) -> list[tuple[int, rep.Meter]]:
     return meters
 
 
+def bar_line_after(meters: list[tuple[int, rep.Meter]], start: float, bars: int) -> int:
+    """The step of the ``bars``-th bar line after ``start``, through the file's meter changes."""
+    count = 0
+    for (step, meter), nxt in zip(meters, meters[1:] + [(None, None)]):
+        line = step
+        while nxt[0] is None or line < nxt[0]:
+            if line > start:
+                count += 1
+                if count == bars:
+                    return line
+            line += meter.bar_steps
+    raise AssertionError("unreachable: the last meter runs on for ever")
+
+
 def tempos_of(source: MidiNotes) -> list[tuple[int, float]]:
     """(step, seconds per step) for each tempo of the file."""
     return [(int(round(tick * rep.STEPS_PER_QUARTER / source.ticks_per_beat)), tempo / 1e6 / rep.STEPS_PER_QUARTER)
@@ -105,6 +119,7 @@ def generate(source: MidiNotes, model: MelodyModel, settings: PlaySettings, bars
     meters = meters_of(source)
     tempos = tempos_of(source)
     played = player_notes(source, melody_channel, mode) if mode != "free" else []
+    channel = free_channel(source)
     end_input = max((e for _, e, _, _ in played), default=0.0)
     bar_origin, meter = meters[0]
     partner = Partner(model, settings, seed=seed, meter=None if free_time else meter, bar_origin_step=bar_origin,
@@ -119,12 +134,13 @@ def generate(source: MidiNotes, model: MelodyModel, settings: PlaySettings, bars
     meter = None if free_time else next(m for step, m in reversed(meters) if step <= max(start, 0))
     bar_steps = meter.bar_steps if meter else 16
     if mode == "free":
-        first, last = 0, bars * bar_steps
+        first, last = 0, bar_line_after([(0, rep.Meter())] if free_time else meters, 0, bars)
     else:
         first = int(math.floor(min(n[0] for n in played)))
-        # Long enough for the last answer; the partner says when it is done.
-        last = int(math.ceil(end_input)) + max(bars * bar_steps,
-                                                int(math.ceil(settings.answer_ratio * (end_input - first))) + 4 * bar_steps)
+        # Long enough for the last answer after its silence; the partner says when it is done.
+        silence_steps = int(math.ceil(settings.silence_seconds / min(t for _, t in tempos)))
+        last = int(math.ceil(end_input)) + silence_steps + 2 * bar_steps + max(
+            bars * bar_steps, int(math.ceil(settings.answer_ratio * (end_input - first))))
     controls = []
     for tick, channel, control, value in source.controls:
         for m in (cc_map or {}).get(control, ()):
@@ -133,7 +149,7 @@ def generate(source: MidiNotes, model: MelodyModel, settings: PlaySettings, bars
     if mode == "continue":
         partner.configure(replace(settings, continue_bars=bars))
     out = drive(partner, played, first, last, controls, end_input=None if mode == "free" else end_input, grid=grid)
-    return Generated(source, sorted(out), free_channel(source), meter, mode, first, seed)
+    return Generated(source, sorted(out), channel, meter, mode, first, seed)
 
 
 def drive(partner: Partner, played, first: int, last: int, controls=(), end_input: float | None = None, grid=()):
@@ -164,6 +180,8 @@ def drive(partner: Partner, played, first: int, last: int, controls=(), end_inpu
                 open_notes[pitch] = (k, velocity)
 
     def deliver(i, until):
+        # Only what happened before the step: live, a step is decided before its instant, so a
+        # note played on the step itself is heard from the next step on (and offline the same).
         while i < len(events) and (until is None or events[i][0] < until):
             t, on, p, v = events[i]
             partner.note_on(t, p, v) if on else partner.note_off(t, p)
@@ -203,11 +221,12 @@ def drive(partner: Partner, played, first: int, last: int, controls=(), end_inpu
 
 
 def free_channel(source: MidiNotes) -> int:
+    """The first channel (not 10) that the file plays nothing on: the model's part goes there."""
     used = {n[2] for n in source.notes}
     for channel in range(16):
         if channel != DRUM_CHANNEL and channel not in used:
             return channel
-    return 15 if 15 != DRUM_CHANNEL else 14
+    raise MidiFileError(f"{source.path}: plays on all 15 pitched channels; the model's part needs a free one")
 
 
 def combined_midi(result: Generated, program: int = MELODY_PROGRAM):
@@ -254,7 +273,9 @@ def check_midi_output(path: Path, source: Path | None = None) -> None:
         raise OutputError(f"{path}: is the input file; give another output name")
 
 
-def write_midi_atomic(midi, path: Path) -> None:
+def write_midi_temp(midi, path: Path) -> str:
+    """Write ``midi`` to a new temporary file beside ``path`` (mode as umask allows) and return its
+    name; the caller renames it over ``path`` (or removes it)."""
     path = Path(path)
     check_midi_output(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -268,6 +289,16 @@ def write_midi_atomic(midi, path: Path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+    except OSError as e:
+        os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write the MIDI file ({e})") from e
+    return tmp
+
+
+def write_midi_atomic(midi, path: Path) -> None:
+    """Write ``midi`` to ``path`` so that it appears whole or not at all."""
+    tmp = write_midi_temp(midi, path)
+    try:
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"{path}: cannot write the MIDI file ({e})") from e

@@ -104,8 +104,8 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         if midi_out is not None:
             check_midi_output(Path(midi_out), Path(midi_path))
         source = read_midi_notes(midi_path)
-        result = generate(source, MelodyModel(melody.get("model")), melody["settings"], bars=melody["bars"], seed=seed,
-                          cc_map=patch.cc_map())
+        result = generate(source, MelodyModel(melody.get("model")), melody["settings"], bars=melody["bars"],
+                          seed=melody.get("seed", seed), cc_map=patch.cc_map())
         combined = combined_midi(result, patch.melody.program)
         performance = read_midi_file(midi_path, midi=combined)
     else:
@@ -151,14 +151,20 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(temp_out, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+            temp_midi = None
+            if combined is not None and midi_out is not None:
+                # The MIDI is written before the audio is put in place: both appear, or neither.
+                from .generate import write_midi_temp
+
+                temp_midi = write_midi_temp(combined, Path(midi_out))
+                temp_paths.append(temp_midi)
             os.replace(temp_out, wav_path)
+            if temp_midi is not None:
+                os.replace(temp_midi, midi_out)
+                temp_paths.remove(temp_midi)
         except (OSError, RuntimeError) as e:  # soundfile raises RuntimeError-derived LibsndfileError
             raise OutputError(f"{wav_path}: cannot write the audio ({e})") from e
         temp_paths.remove(temp_out)
-        if combined is not None and midi_out is not None:
-            from .generate import write_midi_atomic
-
-            write_midi_atomic(combined, Path(midi_out))
     finally:
         for p in temp_paths:
             try:

@@ -89,6 +89,17 @@ class MelodyModel:
                              f"(token, features, state → logits, state_out)")
         self.arch = meta.get("arch", "?")
         self.metadata = dict(meta)
+        # The graph must do what its metadata says: one trial step with the state it declares.
+        try:
+            logits, state = self.step(np.zeros(1, np.int64), np.zeros((1, self.n_features), np.float32),
+                                      self.initial_state(1))
+        except Exception as e:  # onnxruntime's own exception types: shapes or types that do not fit
+            text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: its graph does not match its metadata ({text}); retrain it with "
+                             f"'liveart train melody'") from e
+        if logits.shape != (1, self.vocab) or state.shape != (self.state_rows, 1, self.hidden):
+            raise ModelError(f"{path}: its graph gives logits {logits.shape} and state {state.shape}; its metadata "
+                             f"says ({1}, {self.vocab}) and ({self.state_rows}, 1, {self.hidden})")
 
     def initial_state(self, batch: int = 1) -> np.ndarray:
         return np.zeros((self.state_rows, batch, self.hidden), np.float32)

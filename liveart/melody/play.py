@@ -37,8 +37,13 @@ MODES = ("answer", "continue", "accompany", "free")
 KEY_LOCK_MODES = ("off", "auto")
 DEFAULT_VELOCITY = 80
 ACCENT = 8  # added on bar lines when a meter is known
-MAX_GAP_RESTS = 16  # rests fed between exchanges, at most (one 4/4 bar)
-MAX_PHRASE_STEPS = 512  # a longer phrase primes the model with its last this-many steps
+MAX_GAP_RESTS = 32  # rests fed between exchanges, at most (two 4/4 bars)
+# A longer phrase primes the model with its last this-many steps (priming costs one model step per
+# step of the phrase, ~0.1 ms each, in the step where the answer is decided).
+MAX_PHRASE_STEPS = 256
+MAX_PHRASE_NOTES = 512  # the player's notes kept for one phrase; older ones are forgotten
+MAX_ANSWER_STEPS = 1024
+KEY_MEMORY = 0.97  # the automatic key follows the player: each ended note fades older ones by this
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,13 @@ class PlaySettings:
             raise ValueError(f"silence must be 0 to 60 s, not {self.silence_seconds}")
         if not 0 <= self.velocity <= 127:
             raise ValueError(f"velocity must be 0 (follow the player) to 127, not {self.velocity}")
-        parse_key(self.key_lock)
-        self.sampling(None).validate()
+        if not 0.05 <= self.temperature <= 5:
+            raise ValueError(f"temperature must be 0.05 to 5, not {self.temperature}")
+        if not 0.05 <= self.density <= 10:
+            raise ValueError(f"density must be 0.05 to 10, not {self.density}")
+        key = parse_key(self.key_lock)
+        lock = rep.scale_pitch_classes(*key) if key else None
+        self.sampling(lock).validate()
 
     def sampling(self, lock: frozenset[int] | None) -> SamplingSettings:
         return SamplingSettings(self.temperature, self.top_p, self.density, lock, self.low_pitch, self.high_pitch)
@@ -113,7 +123,11 @@ class _PlayerNote:
 
 
 class Partner:
-    """One musical partner: a model voice, a sampler and the state of the exchange, all explicit."""
+    """One musical partner: a model voice, a sampler and the state of the exchange, all explicit.
+
+    A partner belongs to one thread: a live host queues the player's events as they arrive and hands
+    them over (``note_on``/``note_off``) in the thread that calls ``step``, before each step.
+    """
 
     def __init__(self, model: MelodyModel, settings: PlaySettings | None = None, seed: int = 0,
                  meter: rep.Meter | None = None, bar_origin_step: int = 0, step_seconds: float = 0.125):
@@ -155,8 +169,11 @@ class Partner:
         self.stopped = False
         self._key_hist[note.pitch % 12] += 1.0  # counts while held; its length is added when it ends
         self._key_hist_changed = True
-        if self.phrase_start is None:
-            self.phrase_start = len(self.notes) - 1
+        if self.settings.mode in ("answer", "continue"):
+            if self.phrase_start is None:
+                self.phrase_start = len(self.notes) - 1
+            elif len(self.notes) - self.phrase_start > MAX_PHRASE_NOTES:
+                self.phrase_start += 1  # a phrase that never ends: only its recent part matters
         if self.answer_until > time_steps and self.settings.mode in ("answer", "continue"):
             self.answer_until = int(np.ceil(time_steps))  # the player cuts in: the answer stops
 
@@ -164,6 +181,7 @@ class Partner:
         note = self.held.pop(int(pitch), None)
         if note is not None:
             note.end = max(float(time_steps), note.start)
+            self._key_hist *= KEY_MEMORY
             self._key_hist[note.pitch % 12] += max(0.25, note.end - note.start)
             self._key_hist_changed = True
 
@@ -184,6 +202,7 @@ class Partner:
         self.sampler.configure(settings.sampling(self._lock))
         if mode_changed:
             self.answer_until = -1
+            self.phrase_start = None
             self.stopped = False
 
     def set_meter(self, meter: rep.Meter | None, bar_origin_step: int = 0) -> None:
@@ -206,6 +225,8 @@ class Partner:
         self.answer_until = -1
         self.phrase_start = None
         self.stopped = True
+        for pitch in list(self.held):  # a stuck key (a lost note-off) is let go too
+            self.note_off(self.last_step + 1, pitch)
         return self._silence()
 
     def finish(self) -> list[tuple[int, int, int]]:
@@ -228,8 +249,10 @@ class Partner:
         self.last_step = k
         mode = self.settings.mode
         if self.stopped:
+            self._prune(keep_from=k - 1)
             return self._silence()
         if mode == "free":
+            self._prune(keep_from=k - 1)
             return self._generate(k, None)
         if mode == "accompany":
             return self._accompany(k)
@@ -264,10 +287,10 @@ class Partner:
         start_step = int(round(phrase[0].start))
         end_step = max(start_step + 1, int(round(end)))
         if s.mode == "continue":
-            length = s.continue_bars * (self.meter.bar_steps if self.meter else 16)
+            length = min(MAX_ANSWER_STEPS * 16, s.continue_bars * (self.meter.bar_steps if self.meter else 16))
             begin = max(k, end_step)
         else:
-            length = max(1, int(round(s.answer_ratio * (end_step - start_step))))
+            length = min(MAX_ANSWER_STEPS, max(1, int(round(s.answer_ratio * (end_step - start_step)))))
             begin = k
             if self.meter is not None and s.wait_for_bar:
                 pos = self.bar_pos(k)
@@ -330,13 +353,14 @@ class Partner:
         notes = [(int(round(n.start)) - start_step, max(int(round(n.start)) + 1, int(round(n.end))) - start_step,
                   n.pitch) for n in phrase]
         tokens = rep.notes_to_tokens(notes, end_step - start_step)
-        first = max(start_step, end_step - MAX_PHRASE_STEPS)
+        # Never feed a step twice (an answer cut short has fed steps the new phrase may start in).
+        first = max(start_step, end_step - MAX_PHRASE_STEPS, self.last_fed_step)
         self._feed_gap(first)
         for j in range(first, end_step):
             advance(self.model, self.voice, self.bar_pos(j), self.meter, None, forced=int(tokens[j - start_step]))
-        for j in range(end_step, begin):
-            advance(self.model, self.voice, self.bar_pos(j), self.meter, None, forced=rep.REST)
-        self.last_fed_step = begin
+        # The rests until the answer begins are fed when it begins (_feed_gap), so a new phrase that
+        # comes first finds the model where the old one ended.
+        self.last_fed_step = max(self.last_fed_step, end_step)
         self.voice.sounding = None  # the phrase's last note is the player's, not the model's to hold
         self._velocity = self._player_velocity(phrase=phrase)
         self._update_auto_lock(phrase)
@@ -357,6 +381,9 @@ class Partner:
             if not notes:
                 return
             lock = rep.scale_pitch_classes(*rep.estimate_key(notes))
+        if lock is not None and not any(p % 12 in lock for p in range(self.settings.low_pitch,
+                                                                      self.settings.high_pitch + 1)):
+            lock = None  # the key leaves no note in the range: play unlocked rather than not at all
         if lock != self._lock:
             self._lock = lock
             self.sampler.configure(self.settings.sampling(lock))
@@ -417,7 +444,7 @@ def apply_control(settings: PlaySettings, param: str, value: float) -> tuple[Pla
     raise ValueError(f"{param!r} is not a melody parameter")
 
 
-def with_settings(settings: PlaySettings, **changes) -> PlaySettings:
-    new = replace(settings, **changes)
-    new.validate()
-    return new
+def to_events(actions: list[tuple[int, int, int]], frame: int, channel: int) -> list[ev.Event]:
+    """A step's actions → engine events at ``frame`` on ``channel`` (note-offs first, as returned), for a
+    host that schedules the partner's notes into the :class:`~liveart.engine.Engine`."""
+    return [ev.Event(frame, kind, channel, pitch, velocity) for kind, pitch, velocity in actions]

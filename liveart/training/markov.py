@@ -89,9 +89,9 @@ class KneserNey:
         return p
 
 
-def markov_grams(data: MelodyDataset, split: str, augment: bool) -> np.ndarray:
+def markov_grams(data: MelodyDataset, split: str, augment: bool, indices=None) -> np.ndarray:
     rows = []
-    for i in data.indices(split):
+    for i in data.indices(split) if indices is None else indices:
         base = data.tokens[data.line(int(i))].astype(np.int64)
         shifts = range(transpose_limits(data, int(i))[0], transpose_limits(data, int(i))[1] + 1) if augment else [0]
         for s in shifts:
@@ -100,9 +100,11 @@ def markov_grams(data: MelodyDataset, split: str, augment: bool) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def markov_bits_per_step(data: MelodyDataset, test_split: str = "test", augment: bool = False) -> tuple[float, int]:
+def markov_bits_per_step(data: MelodyDataset, test_split: str = "test", augment: bool = False,
+                         test_indices=None) -> tuple[float, int]:
+    """Bits per step of the chain on ``test_split`` (or the lines ``test_indices``) and the steps."""
     model = KneserNey().fit(markov_grams(data, "train", augment=augment))
-    grams = markov_grams(data, test_split, augment=False)
+    grams = markov_grams(data, test_split, augment=False, indices=test_indices)
     p = model.prob(grams)
     return float(-np.log2(p).mean()), len(grams)
 

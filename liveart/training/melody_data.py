@@ -13,8 +13,10 @@ step, the beat length per step and, for chorales, the other voices' pitch classe
 Tunes whose onsets fall off the 16th-note grid (triplets) too often are left out. Exact duplicates
 (the same melody up to transposition, common between O'Neill and Ryan) are kept once. The split is
 by tune: a hash of the tune's content picks train (80%), validation (10%) or test (10%), so a tune
-and its duplicates and every voice of one chorale land in one split. Transposition is an
-augmentation applied when training, never stored.
+and its duplicates and every voice of one chorale land in one split. Versions of one tune are
+grouped too (:func:`group_tunes`): tunes that open with the same contour or share a long run of
+notes are one group, so a variant from another collection cannot sit in another split.
+Transposition is an augmentation applied when training, never stored.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ DATASET_VERSION = 2
 OFF_GRID_LIMIT = 0.05  # tunes with more of their onsets off the 16th grid than this are left out
 MIN_NOTES = 8
 MAX_STEPS = 4096
+OPENING_NOTES = 10  # versions of a tune that open with the same 9 intervals are one tune ...
+WINDOW_NOTES = 16  # ... and so are tunes that share a run of 16 notes, intervals and rhythm alike
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_CACHE = Path(".cache") / f"melody-dataset-v{DATASET_VERSION}.npz"
 
@@ -89,7 +93,7 @@ class MelodyDataset:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part.npz")
-        np.savez_compressed(tmp, version=DATASET_VERSION, tokens=self.tokens, bar_pos=self.bar_pos,
+        np.savez_compressed(tmp, version=DATASET_VERSION, music21=_music21_version(), tokens=self.tokens, bar_pos=self.bar_pos,
                             beat_steps=self.beat_steps, chroma=self.chroma, offsets=self.offsets,
                             split=self.split, conditioned=self.conditioned, source=self.source,
                             name=self.name, group=self.group)
@@ -102,6 +106,15 @@ class MelodyDataset:
                 raise ValueError(f"{path}: data set version {int(z['version'])}, expected {DATASET_VERSION}")
             return cls(**{k: z[k] for k in ("tokens", "bar_pos", "beat_steps", "chroma", "offsets", "split",
                                              "conditioned", "source", "name", "group")})
+
+
+def _music21_version() -> str:
+    try:
+        import music21
+
+        return str(music21.__version__)
+    except ImportError:
+        return "unknown"
 
 
 def corpus_files(sources=SOURCES) -> list[tuple[str, str]]:
@@ -261,8 +274,56 @@ def split_of(group: str) -> int:
     return 0 if h < 80 else (1 if h < 90 else 2)
 
 
+def _signatures(tokens: np.ndarray) -> list[tuple]:
+    """What marks a tune as the same tune in another version: its opening contour (the intervals of
+    its first OPENING_NOTES notes) and every run of WINDOW_NOTES notes with the same intervals and
+    rhythm. Transposition-invariant."""
+    notes = rep.tokens_to_notes(tokens)
+    pitches = [p for _, _, p in notes]
+    intervals = tuple(b - a for a, b in zip(pitches, pitches[1:]))
+    sigs: list[tuple] = []
+    if len(notes) > OPENING_NOTES:
+        sigs.append(("open", intervals[: OPENING_NOTES - 1]))
+    rhythm = [(e - s, b[0] - s) for (s, e, _), b in zip(notes, notes[1:])]
+    for j in range(len(notes) - WINDOW_NOTES + 1):
+        sigs.append(("run", intervals[j : j + WINDOW_NOTES - 1], tuple(rhythm[j : j + WINDOW_NOTES - 1])))
+    return sigs
+
+
+def group_tunes(lines: list[Line]) -> None:
+    """Put versions of one tune into one group (and so one split): lines whose melodies share an
+    opening contour or a long run of notes are joined, transitively (union-find). A chorale's inner
+    and bass voices follow their soprano. Groups are named by their smallest member key, so the
+    result does not depend on the order of the lines."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    owner: dict[tuple, str] = {}
+    for line in lines:
+        if line.source == "bach" and not line.name.endswith("/Soprano"):
+            continue  # the voices below follow the tune
+        find(line.group)
+        for sig in _signatures(line.tokens):
+            if sig in owner:
+                union(owner[sig], line.group)
+            else:
+                owner[sig] = line.group
+    for line in lines:
+        line.group = find(line.group)
+
+
 def assemble(lines: list[Line]) -> MelodyDataset:
-    """Drop duplicates, assign splits, concatenate."""
+    """Drop duplicates, group versions of a tune, assign splits, concatenate."""
     seen: set[str] = set()
     kept: list[Line] = []
     for line in lines:
@@ -272,6 +333,7 @@ def assemble(lines: list[Line]) -> MelodyDataset:
             continue
         seen.add(key)
         kept.append(line)
+    group_tunes(kept)
     offsets = np.zeros(len(kept) + 1, np.int64)
     offsets[1:] = np.cumsum([len(l.tokens) for l in kept])
 
@@ -293,7 +355,13 @@ def build_dataset(cache: Path = DEFAULT_CACHE, sources=SOURCES, workers: int = 2
     """Parse the corpus (or load the cache if it is there) and return the data set."""
     cache = Path(cache)
     if cache.exists() and not rebuild:
-        return MelodyDataset.load(cache)
+        try:
+            return MelodyDataset.load(cache)
+        except Exception as e:  # numpy raises many types for a file that is not this data set
+            from ..errors import LiveartError
+
+            raise LiveartError(f"{cache}: not a melody data set of version {DATASET_VERSION} ({type(e).__name__}: "
+                               f"{str(e)[:120]}); build it again with --rebuild-data") from e
     from tqdm import tqdm
 
     files = corpus_files(sources)

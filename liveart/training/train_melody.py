@@ -107,8 +107,10 @@ class WindowSampler:
         return torch.from_numpy(prev), torch.from_numpy(target), torch.from_numpy(feats), torch.from_numpy(mask)
 
 
-def evaluate_nll(net: MelodyNet, data: MelodyDataset, indices, batch: int = 32) -> tuple[float, int]:
-    """Mean negative log-likelihood in bits per step over whole lines (original keys), and the steps."""
+def evaluate_nll(net: MelodyNet, data: MelodyDataset, indices, batch: int = 32, meter: bool = True,
+                 condition: bool = True) -> tuple[float, int]:
+    """Mean negative log-likelihood in bits per step over whole lines (original keys), and the steps.
+    ``meter``/``condition`` False: the network is shown no meter / no performer."""
     net.eval()
     order = sorted(indices, key=lambda i: data.offsets[i + 1] - data.offsets[i])
     total_bits = 0.0
@@ -116,7 +118,7 @@ def evaluate_nll(net: MelodyNet, data: MelodyDataset, indices, batch: int = 32) 
     with torch.no_grad():
         for s in range(0, len(order), batch):
             group = order[s : s + batch]
-            arrays = [line_arrays(data, int(i)) for i in group]
+            arrays = [line_arrays(data, int(i), meter=meter, condition=condition) for i in group]
             n = max(len(a[0]) for a in arrays)
             prev = np.full((len(group), n), rep.REST, np.int64)
             target = np.zeros((len(group), n), np.int64)
@@ -201,8 +203,10 @@ def train(data: MelodyDataset, config: MelodyConfig, out_dir: Path, seed: int = 
                   f"({elapsed / 60:.1f} min)", flush=True)
         if valid_bits < best[0]:
             best = (valid_bits, epoch)
+            tmp = ckpt_path.with_name(ckpt_path.name + ".part")
             torch.save({"config": config.to_dict(), "state_dict": net.state_dict(), "epoch": epoch,
-                        "valid_bits": valid_bits, "seed": seed}, ckpt_path)
+                        "valid_bits": valid_bits, "seed": seed}, tmp)
+            tmp.replace(ckpt_path)  # an interrupted save never leaves a broken checkpoint
         elif epoch - best[1] >= patience:
             break
         if elapsed / 60 * (epoch + 1) / epoch > max_minutes:
