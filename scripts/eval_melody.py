@@ -131,6 +131,15 @@ def copy_rates(sets, table):
     return copied / max(1, len(windows)), with_copy / max(1, len(sets)), len(windows)
 
 
+def report_copies(results: dict, who: str, sets: dict, tables: dict) -> None:
+    for r in (False, True):
+        rate, with_copy, windows = copy_rates(sets[r], tables[r])
+        results[f"{who}_copy_rate{'_rhythm' if r else ''}"] = rate
+        results[f"{who}_continuations_with_copy{'_rhythm' if r else ''}"] = with_copy
+        print(f"     8-note phrases found in training ({'intervals + rhythm' if r else 'intervals only'}): "
+              f"{100 * rate:.1f}% of {windows}; continuations holding one: {100 * with_copy:.0f}%")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO / ".cache/melody-dataset-v2.npz"))
@@ -209,19 +218,9 @@ def main() -> int:
         results[f"{arch}_generated_notes"] = in_key[1]
         print(f"{arch.upper():4s} {in_key[1]} notes, {100 * share:.1f}% in the prime's key "
               f"({'meets' if share >= 0.9 else 'MISSES'} the 90% target)   ({time.time() - t:.0f} s)")
-        for r in (False, True):
-            rate, with_copy, windows = copy_rates(gen_sets[r], tables[r])
-            results[f"{arch}_copy_rate{'_rhythm' if r else ''}"] = rate
-            results[f"{arch}_continuations_with_copy{'_rhythm' if r else ''}"] = with_copy
-            print(f"     8-note phrases found in training ({'intervals + rhythm' if r else 'intervals only'}): "
-                  f"{100 * rate:.1f}% of {windows}; continuations holding one: {100 * with_copy:.0f}%")
+        report_copies(results, arch, gen_sets, tables)
     print(f"real next {CONTINUE_BARS} bars of the same tunes: {100 * results['real_in_key']:.1f}% in key")
-    for r in (False, True):
-        rate, with_copy, windows = copy_rates(real_sets[r], tables[r])
-        results[f"real_copy_rate{'_rhythm' if r else ''}"] = rate
-        results[f"real_continuations_with_copy{'_rhythm' if r else ''}"] = with_copy
-        print(f"     8-note phrases found in training ({'intervals + rhythm' if r else 'intervals only'}): "
-              f"{100 * rate:.1f}% of {windows}; continuations holding one: {100 * with_copy:.0f}%")
+    report_copies(results, "real", real_sets, tables)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
