@@ -815,3 +815,64 @@ def test_a_new_phrase_before_the_answer_never_feeds_a_step_twice(model):
     assert notes and min(s for s, *_ in notes) >= 16, "the answer to the second phrase, on the bar line"
     # Every fed step's place in the bar follows the one before it: none fed twice, none skipped.
     assert all((b - a) % 16 == 1 for a, b in zip(fed, fed[1:])), fed
+
+
+# ---------------------------------------------------------- found in the final review: edge cases
+def test_controllers_in_the_prime_do_not_move_the_models_part_onto_a_players_channel(tmp_path, capsys, gru_path):
+    prime = prime_file(tmp_path / "p.mid", C_PHRASE, controls=[(1, 0, 7, 100), (2, 0, 74, 60)])
+    out = tmp_path / "out.mid"
+    rc, _, err = run_cli(capsys, "generate", prime, "-o", out, "--model", gru_path, "--bars", "2")
+    assert rc == 0, err
+    midi = mido.MidiFile(out)
+    track = [t for t in midi.tracks if any(m.type == "track_name" and m.name == TRACK_NAME for m in t)][0]
+    channels = {m.channel for m in track if m.type in ("note_on", "note_off", "program_change")}
+    assert channels == {1}, "the model plays on the first free channel, not the player's channel 1"
+
+
+@pytest.mark.parametrize("tpb", [1, 2, 3])
+def test_a_coarse_file_resolution_is_scaled_so_no_note_is_lost(tmp_path, capsys, gru_path, tpb):
+    prime = prime_file(tmp_path / "p.mid", [(0, 4, 60), (4, 8, 64), (8, 12, 67), (12, 16, 72)], tpb=tpb)
+    out = tmp_path / "out.mid"
+    rc, _, err = run_cli(capsys, "generate", prime, "-o", out, "--model", gru_path, "--bars", "2", "--mode", "free")
+    assert rc == 0, err
+    midi = mido.MidiFile(out)
+    assert midi.ticks_per_beat % 4 == 0
+    notes = model_part(midi)  # fails on a note that never ends or starts twice
+    assert notes and all(e > s for s, e, _, _ in notes)
+    player = read_midi_notes(out).notes
+    assert [(s * 4 // midi.ticks_per_beat, p) for s, _, c, p, _ in player if c == 0] == \
+        [(0, 60), (4, 64), (8, 67), (12, 72)], "the player's part keeps its timing"
+
+
+def test_a_continuation_waits_for_a_held_bass_to_end(tmp_path, gru_path, model):
+    melody = [(k * 4, k * 4 + 4, 72 + (k % 3)) for k in range(8)]  # ends at step 32
+    bass = [(0, 64, 48, 1)]  # held to step 64
+    prime = prime_file(tmp_path / "p.mid", melody + bass)
+    take = play(model, prime, PlaySettings(mode="continue"), seeds=(0,), bars=2)[0]
+    assert min(s for s, _, _ in take) >= 64, "the model continues where the piece ends, not its top line"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "free", "--bars", "1024"], "limit"),
+])
+def test_work_too_large_to_do_is_refused_at_once(tmp_path, capsys, gru_path, args, message):
+    prime = prime_file(tmp_path / "p.mid", C_PHRASE, time_signature=(255, 1))
+    out = tmp_path / "out.mid"
+    rc, _, err = run_cli(capsys, "generate", prime, "-o", out, "--model", gru_path, *args)
+    assert rc == 1 and message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_an_absurd_tempo_is_refused(tmp_path, capsys, gru_path):
+    path = write_midi(tmp_path / "fast.mid", [[mido.MetaMessage("set_tempo", tempo=1, time=0),
+                                              mido.Message("note_on", note=60, velocity=90, time=0),
+                                              mido.Message("note_off", note=60, velocity=0, time=480)]])
+    out = tmp_path / "out.mid"
+    rc, _, err = run_cli(capsys, "generate", path, "-o", out, "--model", gru_path, "--mode", "answer")
+    assert rc == 1 and "tempo" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_render_continue_checks_the_length_limit_before_generating(tmp_path, capsys, gru_path):
+    prime = prime_file(tmp_path / "p.mid", [(0, 1, 60), (80000, 80001, 62)])  # 2.8 hours at 120 bpm
+    out = tmp_path / "o.wav"
+    rc, _, err = run_cli(capsys, "render", prime, "-o", out, "--continue", "2", "--model", gru_path)
+    assert rc == 1 and "limit" in err and not out.exists()

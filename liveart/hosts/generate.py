@@ -24,6 +24,9 @@ DRUM_CHANNEL = 9
 MELODY_PROGRAM = 73  # General MIDI flute: the model's part, unless told otherwise
 TRACK_NAME = "liveart melody"
 MAX_GENERATED_BARS = 1024
+MAX_DRIVE_STEPS = 120_000  # 16ths the partner is driven over: 60 min at 125 quarter notes per minute
+MIN_STEP_SECONDS = 0.005  # a 16th of 5 ms (3000 quarters per minute) ...
+MAX_STEP_SECONDS = 5.0  # ... to 5 s (3 per minute): tempos the model can follow
 
 
 @dataclass
@@ -37,7 +40,10 @@ class Generated:
     seed: int
 
     def steps_to_ticks(self, step: float) -> int:
-        return int(round(step * self.source.ticks_per_beat / rep.STEPS_PER_QUARTER))
+        """Ticks of the written file (whose resolution holds a 16th in whole ticks)."""
+        tpb = self.source.ticks_per_beat
+        tpb *= rep.STEPS_PER_QUARTER // math.gcd(tpb, rep.STEPS_PER_QUARTER)
+        return int(round(step * tpb / rep.STEPS_PER_QUARTER))
 
 
 def player_notes(source: MidiNotes, melody_channel: int | None, mode: str) -> list[tuple[float, float, int, int]]:
@@ -50,6 +56,8 @@ def player_notes(source: MidiNotes, melody_channel: int | None, mode: str) -> li
     pitched = [n for n in source.notes if n[2] != DRUM_CHANNEL]
     if not pitched:
         raise MidiFileError(f"{source.path}: has only drum notes (channel 10); the melody model needs pitched notes")
+    if melody_channel == DRUM_CHANNEL:
+        raise MidiFileError("channel 10 is the drum channel; the melody model hears pitched channels only")
     if melody_channel is not None:
         pitched = [n for n in pitched if n[2] == melody_channel]
         if not pitched:
@@ -118,9 +126,15 @@ def generate(source: MidiNotes, model: MelodyModel, settings: PlaySettings, bars
     mode = settings.mode
     meters = meters_of(source)
     tempos = tempos_of(source)
+    for _, seconds in tempos:
+        if not MIN_STEP_SECONDS <= seconds <= MAX_STEP_SECONDS:
+            raise MidiFileError(f"{source.path}: a tempo of {15 / seconds:.6g} quarter notes per minute; the melody "
+                                f"model follows {15 / MAX_STEP_SECONDS:g} to {15 / MIN_STEP_SECONDS:g}")
     played = player_notes(source, melody_channel, mode) if mode != "free" else []
     channel = free_channel(source)
-    end_input = max((e for _, e, _, _ in played), default=0.0)
+    # The input ends where its last pitched note does (a held bass counts, not only the top line).
+    end_input = max((e * rep.STEPS_PER_QUARTER / source.ticks_per_beat for s, e, ch, _, _ in source.notes
+                     if ch != DRUM_CHANNEL), default=0.0) if played else 0.0
     bar_origin, meter = meters[0]
     partner = Partner(model, settings, seed=seed, meter=None if free_time else meter, bar_origin_step=bar_origin,
                       step_seconds=tempos[0][1])
@@ -141,10 +155,13 @@ def generate(source: MidiNotes, model: MelodyModel, settings: PlaySettings, bars
         silence_steps = int(math.ceil(settings.silence_seconds / min(t for _, t in tempos)))
         last = int(math.ceil(end_input)) + silence_steps + 2 * bar_steps + max(
             bars * bar_steps, int(math.ceil(settings.answer_ratio * (end_input - first))))
+    if last - first > MAX_DRIVE_STEPS:
+        raise RenderError(f"{source.path}: the model would play {last - first:,} steps (16ths); the limit is "
+                          f"{MAX_DRIVE_STEPS:,} (fewer bars, or a shorter piece)")
     controls = []
-    for tick, channel, control, value in source.controls:
+    for tick, cc_channel, control, value in source.controls:
         for m in (cc_map or {}).get(control, ()):
-            if m.param.startswith("melody_") and (m.channel is None or m.channel == channel):
+            if m.param.startswith("melody_") and (m.channel is None or m.channel == cc_channel):
                 controls.append((tick * rep.STEPS_PER_QUARTER / source.ticks_per_beat, m.param, m.value(value)))
     if mode == "continue":
         partner.configure(replace(settings, continue_bars=bars))
@@ -234,11 +251,11 @@ def combined_midi(result: Generated, program: int = MELODY_PROGRAM):
     import mido
 
     src = result.source.midi
-    out = mido.MidiFile(type=1, ticks_per_beat=src.ticks_per_beat)
-    if src.type == 0:
-        out.tracks.append(mido.MidiTrack(src.tracks[0]))
-    else:
-        out.tracks.extend(mido.MidiTrack(t) for t in src.tracks)
+    # A 16th must be a whole number of ticks: a file with a coarser resolution is scaled up.
+    scale = rep.STEPS_PER_QUARTER // math.gcd(src.ticks_per_beat, rep.STEPS_PER_QUARTER)
+    out = mido.MidiFile(type=1, ticks_per_beat=src.ticks_per_beat * scale)
+    for track in src.tracks:
+        out.tracks.append(mido.MidiTrack(msg.copy(time=msg.time * scale) for msg in track))
     ch = result.channel
     timed = [(0, 0, mido.MetaMessage("track_name", name=TRACK_NAME, time=0)),
              (0, 1, mido.Message("program_change", channel=ch, program=program, time=0))]

@@ -97,6 +97,10 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
 
     combined = None
     if melody is not None:
+        prime = read_midi_file(midi_path)  # the input's own checks (and its length) first
+        if prime.duration_seconds > max_minutes * 60.0:
+            raise RenderError(f"{midi_path}: the piece lasts {_duration_text(prime.duration_seconds)}; "
+                              f"the limit is {max_minutes:g} min (raise it with --max-minutes)")
         from .generate import check_midi_output, combined_midi, generate
         from ..melody.model import MelodyModel
         from ..midi.files import read_midi_notes

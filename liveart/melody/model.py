@@ -32,6 +32,8 @@ DEFAULT_MODEL = "gru"
 
 def resolve_model_path(name_or_path: str | Path | None) -> Path:
     """'gru', 'lstm' (the shipped models) or a path to an .onnx file → an existing path."""
+    if name_or_path is not None and not str(name_or_path):
+        raise ModelError(f"an empty model name; use {', '.join(SHIPPED_MODELS)} or a path to an .onnx file")
     name = str(name_or_path or DEFAULT_MODEL)
     if name in SHIPPED_MODELS:
         path = MODEL_DIR / SHIPPED_MODELS[name]

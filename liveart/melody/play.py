@@ -357,7 +357,13 @@ class Partner:
         first = max(start_step, end_step - MAX_PHRASE_STEPS, self.last_fed_step)
         self._feed_gap(first)
         for j in range(first, end_step):
-            advance(self.model, self.voice, self.bar_pos(j), self.meter, None, forced=int(tokens[j - start_step]))
+            token = int(tokens[j - start_step])
+            if j == first and token == rep.HOLD:
+                # The phrase's note began on a step the model had already played (the player cut
+                # into an answer): the model hears it start here instead.
+                onsets = np.flatnonzero(tokens[: j - start_step] >= rep.NOTE_BASE)
+                token = int(tokens[onsets[-1]]) if len(onsets) else rep.REST
+            advance(self.model, self.voice, self.bar_pos(j), self.meter, None, forced=token)
         # The rests until the answer begins are fed when it begins (_feed_gap), so a new phrase that
         # comes first finds the model where the old one ended.
         self.last_fed_step = max(self.last_fed_step, end_step)
