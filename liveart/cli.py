@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let the melody model continue the piece for this many bars after it ends")
     r.add_argument("--midi-out", metavar="OUT.mid", default=None,
                    help="also write the MIDI that was played (with the model's part) to this file")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where the timbre decoder runs (default: the patch's, auto: CUDA when it truly works)")
     _melody_options(r, modes=False)
 
     g = sub.add_parser("generate", help="let the melody model answer, continue or accompany a MIDI file",
@@ -123,6 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--out", metavar="DIR", default="models",
                     help="where the checkpoint and ONNX go (default models: replaces the shipped model)")
     tm.add_argument("--name", metavar="NAME", default=None, help="file name stem (default melody-ARCH)")
+    tt = tsub.add_parser("timbre", help="the timbre VAE (FluidSynth's FluidR3_GM notes)")
+    tt.add_argument("--latent", type=_positive_int, default=8, metavar="D", help="latent dimensions (default 8)")
+    tt.add_argument("--hidden", type=_positive_int, default=256, metavar="H", help="decoder units per layer (default 256)")
+    tt.add_argument("--layers", type=_positive_int, default=2, metavar="L", help="decoder hidden layers (default 2)")
+    tt.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="random seed (default 1)")
+    tt.add_argument("--epochs", type=_positive_int, default=150, metavar="N",
+                    help="epochs; the learning rate decays over them (default 150)")
+    tt.add_argument("--patience", type=_positive_int, default=20, metavar="N",
+                    help="stop after this many epochs without a better validation score (default 20)")
+    tt.add_argument("--max-minutes", type=_positive_float, default=25.0, metavar="M",
+                    help="a safety net: stop before an epoch that would end past this (default 25)")
+    tt.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (default 2)")
+    tt.add_argument("--data", metavar="PATH", default=".cache/timbre-dataset-v1.npz",
+                    help="the cached data set; rendered with FluidSynth and analysed when missing")
+    tt.add_argument("--rebuild-data", action="store_true", help="render and analyse again even if cached")
+    tt.add_argument("--out", metavar="DIR", default="models",
+                    help="where the checkpoint and ONNX go (default models: replaces the shipped model)")
+    tt.add_argument("--name", metavar="NAME", default="timbre", help="file name stem (default timbre)")
+
+    tb = sub.add_parser("timbre", help="the timbre space: its anchors and a map",
+                        description="Look at the timbre model's latent space.")
+    tbsub = tb.add_subparsers(dest="what", metavar="ACTION", parser_class=_Parser)
+    tbsub.required = True
+    ta = tbsub.add_parser("anchors", help="list the named anchors (one per General MIDI instrument)")
+    ta.add_argument("--model", metavar="M", default=None, help="timbre model: timbre (shipped) or a path")
+    tmap = tbsub.add_parser("map", help="plot a 2-D projection of the space with every instrument placed "
+                                        "(needs matplotlib: pip install 'liveart[plot]')")
+    tmap.add_argument("-o", "--output", required=True, metavar="MAP.png", help="image to write (.png, .svg or .pdf)")
+    tmap.add_argument("--model", metavar="M", default=None, help="timbre model: timbre (shipped) or a path")
 
     p = sub.add_parser("patches", help="list the shipped patches and the built-in presets")
     p.add_argument("--check", metavar="P", default=None, help="validate one patch (name or path) and report")
@@ -200,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "timbre":
+            return _timbre(args)
     except LiveartError as e:
         print(f"liveart: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -240,6 +273,10 @@ def _render(args) -> int:
         from .errors import RenderError
 
         raise RenderError("--midi-out goes with --continue (without it, the MIDI played is the input file)")
+    if args.device is not None:
+        from dataclasses import replace
+
+        patch = replace(patch, timbre=replace(patch.timbre, device=args.device))
     report = render(args.midi, args.output, patch=patch, sample_rate=args.sample_rate,
                     block_frames=args.block, seed=args.seed or 0, audio_format=args.audio_format,
                     max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty(),
@@ -282,14 +319,19 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
+    from pathlib import Path
+
     from .errors import LiveartError
 
     try:
         import torch  # noqa: F401
-        import music21  # noqa: F401
+        import onnx  # noqa: F401
+        if args.what == "melody":
+            import music21  # noqa: F401
     except ImportError as e:
         raise LiveartError(f"training needs the train extra ({e.name} is missing): pip install 'liveart[train]'") from None
-    from pathlib import Path
+    if args.what == "timbre":
+        return _train_timbre(args)
 
     from .training.melody_data import build_dataset
     from .training.melody_model import MelodyConfig
@@ -301,6 +343,40 @@ def _train(args) -> int:
                    max_minutes=args.max_minutes, threads=args.threads, name=args.name)
     print(f"trained {config.arch}: best validation {result.best_valid_bits:.3f} bits/step at epoch "
           f"{result.best_epoch} of {result.epochs} ({result.seconds / 60:.1f} min); wrote {result.onnx}")
+    return 0
+
+
+def _timbre(args) -> int:
+    from .timbre.anchors import GM_FAMILY_NAMES, GM_PROGRAM_NAMES
+    from .timbre.model import TimbreModel
+
+    model = TimbreModel.load(args.model, device="cpu")
+    if args.what == "anchors":
+        for program in sorted(model.anchors):
+            held = "  (never trained on: placed by the encoder)" if program in model.held_out_programs else ""
+            print(f"{program:3d}  {GM_PROGRAM_NAMES[program]:<22} {GM_FAMILY_NAMES[program // 8]}{held}")
+        return 0
+    from .timbre.plot import plot_map
+
+    path = plot_map(model, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_timbre(args) -> int:
+    from pathlib import Path
+
+    from .training.timbre_data import describe, load_or_build
+    from .training.timbre_model import TimbreConfig
+    from .training.train_timbre import train
+
+    data = load_or_build(Path(args.data), rebuild=args.rebuild_data)
+    print(describe(data), flush=True)
+    config = TimbreConfig(latent=args.latent, hidden=args.hidden, decoder_layers=args.layers)
+    result = train(data, config, Path(args.out), seed=args.seed, max_epochs=args.epochs, patience=args.patience,
+                   max_minutes=args.max_minutes, threads=args.threads, name=args.name)
+    print(f"trained the timbre VAE: best anchor error {result.best_error_db:.2f} dB at epoch {result.best_epoch} of "
+          f"{result.epochs} ({result.seconds / 60:.1f} min); wrote {result.decoder} and {result.encoder}")
     return 0
 
 

@@ -16,7 +16,12 @@ Timing rules (the same for every block size):
   CCs) from the first control hop boundary at or after the change, ramping over one hop so they
   never click; a pitch change of more than MAX_GLIDE_PER_HOP glides over several hops;
 - an event scheduled for a frame already rendered is played at the next frame and counted in
-  ``stats.late_events``.
+  ``stats.late_events``;
+- a channel that plays through the timbre model (``timbre`` in its patch table) gets every voice's
+  parameter frame from the model's decoder: at the note-on, then at every control hop boundary,
+  batched over the sounding voices, ramping over one hop; its place in the latent space glides
+  towards the target its anchor, program changes and controllers set (an exact exponential in
+  frames, time constant ``[timbre] smoothing_ms``).
 
 Rendering the same events with any block sizes gives the same samples to float32 precision.
 """
@@ -35,6 +40,21 @@ from .patch import CC_PARAMS, Patch
 from .synth import kernel
 from .synth.bank import FAR_FUTURE, TAPER_END, VoiceBank
 from .synth.presets import frame_for_note, frames_for_notes, preset_for_program
+from .timbre.frames import MAX_OFF_SECONDS
+
+# Timbre-model voices: the model shapes attack, sustain and release; the synth's own envelope only
+# opens without a click and closes the voice TIMBRE_RELEASE_SECONDS after the note-off at the latest
+# (a released voice ends sooner once the model says it is silent).
+TIMBRE_ATTACK_SECONDS = 0.002
+# FluidR3_GM (at the synth gain the data was rendered with) plays about 15 dB under the presets: the
+# demo piece measured -29.3 dB RMS at a level of 3 against -23.6 dB with the presets.
+TIMBRE_LEVEL = 6.0
+TIMBRE_RELEASE_SECONDS = 8.0  # long, so its curve barely colours the model's release (-1.6 dB at 0.3 s)
+# A released voice is faded out and freed once the model's level (FluidR3_GM's scale) is under
+# TIMBRE_SILENT_DB, or TIMBRE_SILENT_RANGE_DB under the voice's loudest, or its release has run past
+# what the model learnt (frames.MAX_OFF_SECONDS).
+TIMBRE_SILENT_DB = -80.0
+TIMBRE_SILENT_RANGE_DB = 60.0
 
 # Extra voice slots beyond the polyphony, for voices fading out after being stolen.
 STEAL_SLOTS_RATIO = 1.0
@@ -66,6 +86,7 @@ class ChannelState:
     program: int = 0
     attack_scale: float = 1.0
     release_scale: float = 1.0
+    timbre: bool = False  # plays through the timbre model
 
 
 @dataclass
@@ -77,6 +98,8 @@ class EngineStats:
     stolen_voices: int = 0
     hard_cuts: int = 0  # a voice cut without a fade because every slot was busy
     peak_voices: int = 0
+    timbre_frames: int = 0  # voice parameter frames decoded by the timbre model
+    timbre_late: int = 0  # voice frames not ready in time: the voice kept its last parameters
 
 
 @dataclass
@@ -89,6 +112,7 @@ class MusicalState:
     onsets: list = field(default_factory=list)  # (frame, channel, note, velocity) in this block
     peak: float = 0.0  # largest absolute sample of the block
     rms: float = 0.0
+    timbre_positions: np.ndarray | None = None  # (16, latent): each channel's place in the timbre space
 
     @property
     def tempo_bpm(self) -> float:
@@ -97,9 +121,13 @@ class MusicalState:
 
 class Engine:
     def __init__(self, patch: Patch, sample_rate: int | None = None, seed: int = 0,
-                 use_kernel: bool | None = None):
+                 use_kernel: bool | None = None, timbre=None):
         """``use_kernel``: None uses the compiled synth kernel when numba is installed; False forces
-        the numpy reference renderer (slower, same sound to float precision)."""
+        the numpy reference renderer (slower, same sound to float precision).
+
+        ``timbre``: the decoder for channels that play through the timbre model: a
+        :class:`~liveart.timbre.model.TimbreModel`, or None to load the patch's (only when a channel
+        uses it)."""
         self.patch = patch
         self.sample_rate = int(sample_rate or patch.audio.sample_rate)
         self.hop_frames = patch.audio.control_hop_frames
@@ -108,7 +136,7 @@ class Engine:
         capacity = self.polyphony + max(4, int(self.polyphony * STEAL_SLOTS_RATIO))
         self.bank = VoiceBank(self.sample_rate, capacity, self.hop_frames, seed, use_kernel)
         self.channels = [
-            ChannelState(c.preset, c.follow_program, c.volume, c.pan, c.brightness, c.noise)
+            ChannelState(c.preset, c.follow_program, c.volume, c.pan, c.brightness, c.noise, timbre=c.timbre is not None)
             for c in patch.channels
         ]
         self._slot_preset = [""] * capacity
@@ -121,7 +149,30 @@ class Engine:
         self.frame = 0
         self.state = MusicalState()
         self.stats = EngineStats()
+        self.timbre = None
+        self._timbre_voice = np.zeros(capacity, bool)
+        self._timbre_peak = np.zeros(capacity)  # each timbre voice's loudest level so far (model scale)
+        if patch.uses_timbre():
+            self._init_timbre(timbre)
         self.reserve(patch.audio.block_frames)
+
+    def _init_timbre(self, timbre) -> None:
+        from .errors import PatchError
+        from .timbre.control import Glide, TimbreControl
+        from .timbre.model import TimbreModel
+
+        self.timbre = timbre if timbre is not None else TimbreModel.load(self.patch.timbre.model,
+                                                                           self.patch.timbre.device)
+        try:
+            self.timbre_control = TimbreControl(self.timbre.anchors, self.timbre.latent_low, self.timbre.latent_high,
+                                                self.patch.timbre, self.patch.channels)
+        except ValueError as e:
+            raise PatchError(f"{self.patch.source}: {e}") from None
+        self._glide = Glide(self.timbre_control.targets, self.patch.timbre.smoothing_ms * 1e-3 * self.sample_rate)
+        self._timbre_gain = TIMBRE_LEVEL * 10.0 ** (self.patch.timbre.gain_db / 20.0)
+        self._timbre_release_frames = int(MAX_OFF_SECONDS * self.sample_rate)
+        self._last_tick = -1
+        self.state.timbre_positions = self._glide.position
 
     # ------------------------------------------------------------------ input
     def schedule(self, event: ev.Event) -> None:
@@ -196,10 +247,16 @@ class Engine:
             state.onsets = []
         t, end = start, start + n
         queue = self._queue
+        hop = self.hop_frames
         while t < end:
             if queue and queue[0][0] <= t:
                 self._apply_due(t)
             stop = min(queue[0][0], end) if queue else end
+            if self.timbre is not None and self._timbre_sounding(t):
+                if t % hop == 0 and t != self._last_tick:
+                    self._last_tick = t
+                    self._timbre_tick(t)
+                stop = min(stop, (t // hop + 1) * hop)  # the next control hop boundary
             self.bank.render(t, left[t - start : stop - start], right[t - start : stop - start])
             t = stop
         self.frame = end
@@ -238,7 +295,10 @@ class Engine:
             elif kind == ev.PROGRAM_CHANGE:
                 ch = self.channels[e.channel]
                 ch.program = e.a
-                if ch.follow_program:
+                if ch.timbre:
+                    self._glide.advance(t)
+                    self.timbre_control.program_change(e.channel, e.a)
+                elif ch.follow_program:
                     ch.preset = preset_for_program(ch.program)
             elif kind == ev.TEMPO:
                 self.state.tempo_us_per_beat = e.a
@@ -281,9 +341,12 @@ class Engine:
         else:  # every slot busy, even the fading ones: cut the one nearest its end
             slot = int(np.argmin(b.t_end))
             self.stats.hard_cuts += 1
-        preset = self.patch.presets[ch.preset]
         f0 = note_hz(note)
         freq = f0 * 2.0 ** (ch.bend_semitones / 12.0) / self.sample_rate
+        if ch.timbre:
+            self._timbre_note_on(t, slot, channel, note, velocity, f0, freq, ch)
+            return
+        preset = self.patch.presets[ch.preset]
         harmonics, noise, amp = self._timbre(ch.preset, note, velocity, ch)
         # Pieces repeat notes: a wavetable is built once per distinct sound and pitch.
         table = _cached(self._table_cache, (ch.preset, note, velocity, ch.brightness, ch.noise, ch.bend_semitones),
@@ -298,6 +361,11 @@ class Engine:
             release_frames=max(1, round(preset.release_seconds * ch.release_scale * sr)),
         )
         self._slot_preset[slot] = ch.preset
+        self._timbre_voice[slot] = False
+        self._started(t, channel, note, velocity)
+
+    def _started(self, t: int, channel: int, note: int, velocity: int) -> None:
+        b = self.bank
         self.state.onsets.append((t, channel, note, velocity))
         self.stats.peak_voices = max(self.stats.peak_voices,
                                      int(np.count_nonzero((b.t_end > t) & (b.t_kill >= FAR_FUTURE))))
@@ -343,6 +411,9 @@ class Engine:
             ch.expression = 1.0
             ch.bend_semitones = 0.0
             self._request_ramp(t, channel, _PITCH | _GAIN)
+        if ch.timbre:
+            self._glide.advance(t)
+            self.timbre_control.control_change(channel, control, value)
         for mapping in self._cc_map.get(control, ()):
             if mapping.channel is not None and mapping.channel != channel or mapping.param not in CC_PARAMS:
                 continue  # another channel's, or a melody parameter (the host's, not the engine's)
@@ -392,7 +463,7 @@ class Engine:
         voice_flags = flags[channel]
         tables = b.table_after[voices]
         noise = b.noise_after[voices]
-        timbre = np.flatnonzero(voice_flags & _TIMBRE)
+        timbre = np.flatnonzero((voice_flags & _TIMBRE) & ~self._timbre_voice[voices])
         if len(timbre):
             brightness = np.array([ch.brightness for ch in chans])
             amount = np.array([ch.noise for ch in chans])
@@ -408,6 +479,61 @@ class Engine:
         if len(pitch_only):
             tables[pitch_only] = b.retune_tables(voices[pitch_only], freq[pitch_only])
         b.begin_ramp(voices, t, freq, gains[:, 0], gains[:, 1], tables, noise)
+
+
+    # ------------------------------------------------------------------ the timbre model
+    def _timbre_sounding(self, t: int) -> bool:
+        return bool(np.any(self._timbre_voice & (self.bank.t_end > t)))
+
+    def _timbre_frames(self, t: int, voices: np.ndarray):
+        """Decode the parameter frames of ``voices`` at frame ``t``, one batched call."""
+        b = self.bank
+        sr = self.sample_rate
+        z = self._glide.advance(t)[b.channel[voices]]
+        on = (t - b.t_on[voices]) / sr
+        off = np.where(b.t_off[voices] < FAR_FUTURE, (t - b.t_off[voices]) / sr, -1.0)
+        self.stats.timbre_frames += len(voices)
+        return self.timbre.frames(z, b.note[voices], b.velocity[voices], on, off, sr, self._timbre_gain)
+
+    def _timbre_note_on(self, t: int, slot: int, channel: int, note: int, velocity: int, f0: float, freq: float,
+                        ch: ChannelState) -> None:
+        b = self.bank
+        b.t_on[slot] = t  # the decoder reads note time from the slot
+        b.t_off[slot] = FAR_FUTURE
+        b.channel[slot], b.note[slot], b.velocity[slot] = channel, note, velocity
+        harmonics, noise, amp = self._timbre_frames(t, np.array([slot]))
+        gain_l, gain_r = self._channel_gains(ch)
+        sr = self.sample_rate
+        b.start_voice(slot, t, channel, note, velocity, f0, freq, harmonics[0], noise[0].astype(np.float32),
+                      float(amp[0]), gain_l, gain_r, None,
+                      attack_frames=max(1, round(TIMBRE_ATTACK_SECONDS * sr)), decay_frames=1, sustain_level=1.0,
+                      release_frames=max(1, round(TIMBRE_RELEASE_SECONDS * sr)))
+        self._slot_preset[slot] = ""
+        self._timbre_voice[slot] = True
+        self._timbre_peak[slot] = amp[0] / self._timbre_gain
+        self._started(t, channel, note, velocity)
+
+    def _timbre_tick(self, t: int) -> None:
+        """At a control hop boundary: new frames for every sounding timbre voice (not those that began
+        here), ramping over the next hop; released voices the model has made silent are freed."""
+        b = self.bank
+        voices = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
+        if len(voices) == 0:
+            return
+        harmonics, noise, amp = self._timbre_frames(t, voices)
+        b.harmonics[voices] = harmonics
+        freq = b.freq_after[voices]
+        tables = b.build_tables(harmonics, freq)
+        b.begin_ramp(voices, t, freq, b.gain_l_after[voices], b.gain_r_after[voices], tables,
+                     noise.astype(np.float32), amp)
+        level = amp / self._timbre_gain
+        peak = self._timbre_peak[voices] = np.maximum(self._timbre_peak[voices], level)
+        released = b.t_off[voices] < FAR_FUTURE
+        over = (t - b.t_off[voices]) >= self._timbre_release_frames
+        quiet = (level < 10.0 ** (TIMBRE_SILENT_DB / 20.0)) | (level < peak * 10.0 ** (-TIMBRE_SILENT_RANGE_DB / 20.0))
+        silent = voices[released & (quiet | over)]
+        if len(silent):
+            b.kill_voices(silent, t + self.hop_frames)  # after the ramp down to silence
 
 
 def _cached(cache: dict, key, make):

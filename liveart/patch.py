@@ -22,6 +22,7 @@ from .errors import PatchError
 from .melody.play import MODES as MELODY_MODES
 from .melody.play import PlaySettings, parse_key
 from .synth.presets import BUILTIN_PRESETS, N_HARMONICS, Preset
+from .timbre.frames import MAX_OFF_SECONDS
 
 # The repository's patches/ folder; liveart/data/patches links to it so that wheels carry it too.
 PATCH_DIR = Path(__file__).resolve().parent / "data" / "patches"
@@ -62,7 +63,9 @@ ENGINE_CONTROLLERS = {64: "64 (the sustain pedal)"}
 # Controllers mapped unless a patch maps the same number to something else.
 DEFAULT_CC = ((7, "volume"), (10, "pan"), (11, "expression"), (74, "brightness"))
 
-CHANNEL_KEYS = ("preset", "follow_program", "volume", "pan", "brightness", "noise")
+CHANNEL_KEYS = ("preset", "timbre", "follow_program", "volume", "pan", "brightness", "noise")
+TIMBRE_KEYS = ("model", "device", "smoothing_ms", "gain_db", "position", "morph", "xy", "dim")
+TIMBRE_DEVICES = ("auto", "cpu", "cuda")
 PRESET_KEYS = ("base", "harmonics", "attack", "decay", "sustain", "release", "gain", "noise",
                "noise_centre", "noise_width", "velocity_brightness")
 # TOML key in a [presets.NAME] table → Preset field.
@@ -87,7 +90,10 @@ class AudioSettings:
 @dataclass(frozen=True)
 class ChannelSettings:
     preset: str = "soft_flute"
-    follow_program: bool = True  # program changes pick a preset by General MIDI family
+    follow_program: bool = True  # program changes pick a preset by General MIDI family (or a timbre anchor)
+    # None: the channel plays its preset. Otherwise it plays through the timbre model, starting at
+    # this GM program's anchor (-1: the patch's [timbre] position, or the channel's program).
+    timbre: int | None = None
     volume: float = 100 / 127
     pan: float = 0.0
     brightness: float = 0.5
@@ -115,10 +121,16 @@ class Patch:
     presets: dict[str, Preset] = field(default_factory=dict)
     cc: tuple[CCMapping, ...] = ()
     melody: "MelodyPatch" = None  # type: ignore[assignment]
+    timbre: "TimbrePatch" = None  # type: ignore[assignment]
 
     def __post_init__(self):
         if self.melody is None:
             object.__setattr__(self, "melody", MelodyPatch())
+        if self.timbre is None:
+            object.__setattr__(self, "timbre", TimbrePatch())
+
+    def uses_timbre(self) -> bool:
+        return any(c.timbre is not None for c in self.channels)
 
     def cc_map(self) -> dict[int, list[CCMapping]]:
         table: dict[int, list[CCMapping]] = {}
@@ -127,7 +139,61 @@ class Patch:
         return table
 
     def max_release_seconds(self) -> float:
-        return max(p.release_seconds for p in self.presets.values()) * CC_PARAMS["release"][1]
+        longest = max(p.release_seconds for p in self.presets.values()) * CC_PARAMS["release"][1]
+        if self.uses_timbre():  # a timbre voice is freed once its release passes what the model learnt
+            longest = max(longest, MAX_OFF_SECONDS + 0.05)
+        return longest
+
+
+@dataclass(frozen=True)
+class TimbreMorph:
+    """A controller moves the channel's place along the line from one anchor to another."""
+
+    control: int
+    start: int  # GM program of the anchor at 0 (-1: the channel's own place, its program or anchor)
+    end: int  # ... and at 127
+    default: float = 0.0  # where it sits before the controller moves, 0..1
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class TimbreXY:
+    """Two controllers place the channel on the plane through three anchors: origin + x (a - origin)
+    + y (b - origin), x and y 0..1."""
+
+    x_control: int
+    y_control: int
+    origin: int
+    x_anchor: int
+    y_anchor: int
+    default: tuple[float, float] = (0.0, 0.0)
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class TimbreDim:
+    """A controller offsets one latent dimension by +-amount/2 of the anchors' span (64 = none)."""
+
+    control: int
+    dim: int
+    amount: float = 1.0
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class TimbrePatch:
+    model: str = "timbre"
+    device: str = "auto"
+    smoothing_ms: float = 40.0  # time constant of the latent glide
+    gain_db: float = 0.0
+    position: int | tuple[float, ...] | None = None  # default place: a GM program or a latent vector
+    morphs: tuple[TimbreMorph, ...] = ()
+    xys: tuple[TimbreXY, ...] = ()
+    dims: tuple[TimbreDim, ...] = ()
+
+    def controls(self) -> set[int]:
+        return ({m.control for m in self.morphs} | {x.x_control for x in self.xys} | {x.y_control for x in self.xys}
+                | {d.control for d in self.dims})
 
 
 @dataclass(frozen=True)
@@ -219,9 +285,9 @@ def load_patch(name_or_path: str | Path | None = None) -> Patch:
 def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
     check = _Checker(source)
     for key in data:
-        if key not in ("name", "description", "audio", "channels", "presets", "cc", "melody"):
+        if key not in ("name", "description", "audio", "channels", "presets", "cc", "melody", "timbre"):
             raise check.fail(key, data[key], "no such key; top-level keys are name, description, audio, channels, "
-                                             "presets, cc, melody")
+                                             "presets, cc, melody, timbre")
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str):
         raise check.fail("name", name, "a string")
@@ -286,6 +352,7 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         for i in range(16)
     )
 
+    timbre = _timbre(check, data, channels)
     cc_list = data.get("cc", [])
     if not isinstance(cc_list, list):
         raise check.fail("cc", cc_list, "an array of tables ([[cc]])")
@@ -299,6 +366,8 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
             if k not in ("number", "param", "min", "max", "channel"):
                 raise check.fail(where + k, m[k], "no such key; keys are number, param, min, max, channel")
         number = check.integer(m, "number", -1, 0, 119, where)
+        if number in timbre.controls():
+            raise check.fail(where + "number", number, "a controller the [timbre] table does not use")
         if number in ENGINE_CONTROLLERS:
             raise check.fail(where + "number", number, f"a controller other than {ENGINE_CONTROLLERS[number]}")
         param = check.choice(m, "param", None, tuple(CC_PARAMS) + tuple(MELODY_CC_PARAMS), where)
@@ -311,10 +380,115 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         mappings.append(CCMapping(number, param, low, high, channel))
         mapped.add(number)
     for number, param in DEFAULT_CC:
-        if number not in mapped:
+        if number not in mapped and number not in timbre.controls():
             low, high = CC_PARAMS[param]
             mappings.append(CCMapping(number, param, low, high, None))
-    return Patch(name, source, audio, channels, presets, tuple(mappings), _melody(check, data))
+    return Patch(name, source, audio, channels, presets, tuple(mappings), _melody(check, data), timbre)
+
+
+def _anchor(check: _Checker, value, where: str) -> int:
+    from .timbre.anchors import program_of
+
+    try:
+        return program_of(value)
+    except ValueError as e:
+        raise check.fail(where, value, f"a General MIDI instrument name or program 0-127 ({e})") from None
+
+
+def _control(check: _Checker, spec: dict, key: str, where: str) -> int:
+    number = check.integer(spec, key, -1, 0, 119, where)
+    if number in ENGINE_CONTROLLERS:
+        raise check.fail(where + key, number, f"a controller other than {ENGINE_CONTROLLERS[number]}")
+    return number
+
+
+def _timbre_channel(check: _Checker, spec: dict, where: str, channels) -> int | None:
+    if "channel" not in spec:
+        return None
+    channel = check.integer(spec, "channel", 1, 1, 16, where) - 1
+    if channels[channel].timbre is None:
+        raise check.fail(where + "channel", channel + 1, "a channel that plays through the timbre model "
+                                                         "(set timbre in its [channels] table)")
+    return channel
+
+
+def _timbre(check: _Checker, data: dict, channels) -> TimbrePatch:
+    t = check.table(data, "timbre", TIMBRE_KEYS)
+    w = "timbre."
+    model = t.get("model", "timbre")
+    if not isinstance(model, str) or not model:
+        raise check.fail(w + "model", model, "timbre or a path to an .onnx file")
+    position = t.get("position")
+    if isinstance(position, list):
+        if not position or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                   and abs(x) <= 100 for x in position):
+            raise check.fail(w + "position", position, "an instrument name, a program or a list of latent coordinates")
+        position = tuple(float(x) for x in position)
+    elif position is not None:
+        position = _anchor(check, position, w + "position")
+    morphs, xys, dims = [], [], []
+    used: dict[int, str] = {}
+
+    def claim(number: int, where: str) -> None:
+        if number in used:
+            raise check.fail(where, number, f"a controller not already used by {used[number]}")
+        used[number] = where
+
+    for kind, spec_list in (("morph", t.get("morph", [])), ("xy", t.get("xy", [])), ("dim", t.get("dim", []))):
+        if not isinstance(spec_list, list):
+            raise check.fail(w + kind, spec_list, f"an array of tables ([[timbre.{kind}]])")
+        for i, spec in enumerate(spec_list):
+            where = f"{w}{kind}[{i}]."
+            keys = {"morph": ("cc", "from", "to", "default", "channel"),
+                    "xy": ("x_cc", "y_cc", "anchors", "default", "channel"),
+                    "dim": ("cc", "dim", "amount", "channel")}[kind]
+            if not isinstance(spec, dict):
+                raise check.fail(where.rstrip("."), spec, "a table")
+            for k in spec:
+                if k not in keys:
+                    raise check.fail(where + k, spec[k], f"no such key; keys are {', '.join(keys)}")
+            channel = _timbre_channel(check, spec, where, channels)
+            if kind == "morph":
+                cc = _control(check, spec, "cc", where)
+                claim(cc, where + "cc")
+                if "to" not in spec:
+                    raise check.fail(where + "to", None, "an instrument name or program")
+                start = _anchor(check, spec["from"], where + "from") if "from" in spec else -1
+                morphs.append(TimbreMorph(cc, start, _anchor(check, spec["to"], where + "to"),
+                                          check.number(spec, "default", 0.0, 0.0, 1.0, where), channel))
+            elif kind == "xy":
+                x, y = _control(check, spec, "x_cc", where), _control(check, spec, "y_cc", where)
+                claim(x, where + "x_cc")
+                claim(y, where + "y_cc")
+                names = spec.get("anchors")
+                if not isinstance(names, list) or len(names) != 3:
+                    raise check.fail(where + "anchors", names, "three instruments: the origin, the x end, the y end")
+                a = [_anchor(check, n, f"{where}anchors[{j}]") for j, n in enumerate(names)]
+                default = spec.get("default", [0.0, 0.0])
+                if not isinstance(default, list) or len(default) != 2 or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in default):
+                    raise check.fail(where + "default", default, "[x, y], each 0 to 1")
+                xys.append(TimbreXY(x, y, a[0], a[1], a[2], (float(default[0]), float(default[1])), channel))
+            else:
+                cc = _control(check, spec, "cc", where)
+                claim(cc, where + "cc")
+                dims.append(TimbreDim(cc, check.integer(spec, "dim", -1, 0, 63, where),
+                                      check.number(spec, "amount", 1.0, 0.0, 4.0, where), channel))
+    # A channel's place comes from one control: two morphs or XY pads on one channel would fight.
+    placements = [(f"{w}morph[{i}]", m.channel) for i, m in enumerate(morphs)] + \
+                 [(f"{w}xy[{i}]", x.channel) for i, x in enumerate(xys)]
+    for a, (where_a, ca) in enumerate(placements):
+        for where_b, cb in placements[:a]:
+            if ca is None or cb is None or ca == cb:
+                raise check.fail(where_a + "channel", "every channel" if ca is None else ca + 1,
+                                 f"a channel no other morph or xy places (also placed by {where_b})")
+    return TimbrePatch(
+        model=model,
+        device=check.choice(t, "device", "auto", TIMBRE_DEVICES, w),
+        smoothing_ms=check.number(t, "smoothing_ms", 40.0, 0.0, 5000.0, w),
+        gain_db=check.number(t, "gain_db", 0.0, -40.0, 24.0, w),
+        position=position, morphs=tuple(morphs), xys=tuple(xys), dims=tuple(dims),
+    )
 
 
 def _melody(check: _Checker, data: dict) -> MelodyPatch:
@@ -361,9 +535,19 @@ def _channel(check: _Checker, spec: dict, where: str, base: ChannelSettings, pre
     follow = spec.get("follow_program", base.follow_program)
     if not isinstance(follow, bool):
         raise check.fail(where + "follow_program", follow, "true or false")
+    timbre = base.timbre
+    if "timbre" in spec:
+        value = spec["timbre"]
+        if value is False:
+            timbre = None
+        elif value is True:
+            timbre = -1
+        else:
+            timbre = _anchor(check, value, where + "timbre")
     return ChannelSettings(
         preset=check.choice(spec, "preset", base.preset, tuple(presets), where),
         follow_program=follow,
+        timbre=timbre,
         volume=check.number(spec, "volume", base.volume, 0.0, 1.0, where),
         pan=check.number(spec, "pan", base.pan, -1.0, 1.0, where),
         brightness=check.number(spec, "brightness", base.brightness, 0.0, 1.0, where),

@@ -5,6 +5,6 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The tests need the train extra too: torch/ONNX parity and the data set builder.
-LIVEART_EXTRAS=dev,train bash "$REPO_ROOT/scripts/setup.sh"
+LIVEART_EXTRAS=dev,train,plot bash "$REPO_ROOT/scripts/setup.sh"
 cd "$REPO_ROOT"
 exec "$REPO_ROOT/.venv/bin/python" -m pytest -q "$@"

@@ -163,15 +163,16 @@ def test_reset_controllers_releases_notes_held_by_the_pedal():
 
 
 # ---------------------------------------------------------------------------------------- 6
-def test_program_changes_pick_the_instrument_family(default_patch):
-    """Program 0 (piano family) plays the 'pluck' preset, which decays to silence; program 19
-    (organ family) sustains."""
+def test_program_changes_pick_the_instrument_family():
+    """On a preset channel that follows programs, program 0 (piano family) plays the 'pluck' preset,
+    which decays to silence; program 19 (organ family) sustains."""
+    patch = patch_from_dict({"channels": {"default": {"preset": "soft_flute", "follow_program": True}}})
     onset = 1000
     frames = onset + int(2.2 * SR)
     played = {}
     for program in (0, 19):
         events = [ev.program_change(0, 0, program), ev.note_on(onset, 0, 60, 100)]
-        played[program], _ = render_events(default_patch, events, frames)
+        played[program], _ = render_events(patch, events, frames)
     for out in played.values():
         assert _level(out, onset + int(0.05 * SR), 4800) > 0.01, "both notes sound at first"
     late = onset + 2 * SR

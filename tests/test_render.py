@@ -219,10 +219,14 @@ def test_a_bad_file_through_the_real_process_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_offline_work_never_imports_the_hardware_modules(tmp_path):
+@pytest.mark.parametrize("patch, forbidden", [
+    ("quartet", ("sounddevice", "rtmidi", "torch", "onnxruntime")),  # presets only: no model at all
+    ("default", ("sounddevice", "rtmidi", "torch")),  # the timbre decoder runs on onnxruntime, never torch
+])
+def test_offline_work_never_imports_the_hardware_modules(tmp_path, patch, forbidden):
     path = write_midi(tmp_path / "song.mid", simple_song(2))
-    code = (f"import sys, liveart; liveart.render({str(path)!r}, {str(tmp_path / 'o.wav')!r}); "
-            "bad = [m for m in ('sounddevice', 'rtmidi', 'torch', 'onnxruntime') if m in sys.modules]; "
+    code = (f"import sys, liveart; liveart.render({str(path)!r}, {str(tmp_path / 'o.wav')!r}, patch={patch!r}); "
+            f"bad = [m for m in {forbidden!r} if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,164 @@
+"""Run time of the timbre model: the ONNX decoder on onnxruntime, CUDA when it truly works, else CPU.
+
+    model = TimbreModel.load("timbre", device="auto")
+    z = model.anchor("flute")                                  # shape (latent,)
+    levels = model.decode_db(z[None], [60], [100], [0.1], [-1.0])  # shape (1, N_PARAMS), dB
+
+The decoder is a pure function of (latent, pitch, velocity, note time): a batch of voices is one
+call. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from . import anchors as anc
+from . import frames as fr
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+SHIPPED = {"timbre": "timbre-decoder.onnx"}
+DEFAULT_MODEL = "timbre"
+DECODER_KIND = "liveart-timbre-decoder"
+REPRESENTATION = "harmonic64-noise16-v1"
+DEVICES = ("auto", "cpu", "cuda")
+QUIET_LOG = 3  # onnxruntime log severity: errors only (no provider warnings on a machine without a GPU)
+_probe_cache: dict[str, bool] = {}
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> Path:
+    name = str(name_or_path or DEFAULT_MODEL)
+    if name in SHIPPED:
+        path = MODEL_DIR / SHIPPED[name]
+        if not path.is_file():
+            raise ModelError(f"the shipped timbre model is missing ({path}); reinstall liveart or train one "
+                             f"with 'liveart train timbre'")
+        return path
+    path = Path(name)
+    if path.suffix != ".onnx" and len(path.parts) == 1:
+        raise ModelError(f"no timbre model named {name!r}; use {', '.join(SHIPPED)} or a path to an .onnx file")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    return path
+
+
+def cuda_works(path: str | Path) -> bool:
+    """True when a CUDA session of ``path`` can be created and runs: onnxruntime-gpu lists the CUDA
+    provider even where no GPU or CUDA runtime exists, so only a real session tells. Quiet."""
+    key = str(path)
+    if key in _probe_cache:
+        return _probe_cache[key]
+    import onnxruntime as ort
+
+    ok = False
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        previous = 2
+        try:
+            ort.set_default_logger_severity(4)
+            session = ort.InferenceSession(key, options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            ok = session.get_providers()[0] == "CUDAExecutionProvider"
+        except Exception:  # any failure to start CUDA means: not usable here
+            ok = False
+        finally:
+            ort.set_default_logger_severity(previous)
+    _probe_cache[key] = ok
+    return ok
+
+
+class TimbreModel:
+    """The decoder session, its anchors and its device."""
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 1):
+        import onnxruntime as ort
+
+        if device not in DEVICES:
+            raise ModelError(f"unknown timbre device {device!r}; use one of {', '.join(DEVICES)}")
+        path = Path(path)
+        self.path = path
+        use_cuda = device != "cpu" and cuda_works(path)
+        if device == "cuda" and not use_cuda:
+            raise ModelError("--device cuda: the CUDA execution provider does not work here (no usable GPU or CUDA "
+                             "runtime); use --device auto or cpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = QUIET_LOG
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:
+            text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: not a readable ONNX model ({text})") from e
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("kind") != DECODER_KIND:
+            raise ModelError(f"{path}: not a liveart timbre decoder (its kind is {meta.get('kind', 'not set')!r})")
+        if meta.get("representation") != REPRESENTATION:
+            raise ModelError(f"{path}: made for representation {meta.get('representation')!r}; this liveart reads "
+                             f"{REPRESENTATION!r}; retrain it with 'liveart train timbre'")
+        try:
+            self.latent = int(meta["latent"])
+            anchors = json.loads(meta["anchors"])
+            self.anchors = {int(p): np.asarray(z, np.float32) for p, z in anchors.items()}
+            self.held_out_programs = tuple(json.loads(meta.get("held_out_programs", "[]")))
+        except (KeyError, ValueError) as e:
+            raise ModelError(f"{path}: its metadata is incomplete or unreadable ({e}); retrain it with "
+                             f"'liveart train timbre'") from e
+        if not self.anchors or any(z.shape != (self.latent,) or not np.all(np.isfinite(z)) for z in self.anchors.values()):
+            raise ModelError(f"{path}: its anchors do not match its {self.latent}-dimensional latent")
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != {"z", "condition", "time"} or outputs != ["levels_db"]:
+            raise ModelError(f"{path}: inputs {sorted(inputs)} and outputs {outputs} are not a timbre decoder graph")
+        self.metadata = dict(meta)
+        try:
+            trial = self.decode_db(np.zeros((2, self.latent), np.float32), [60, 72], [100, 100], [0.1, 0.5], [-1.0, 0.1])
+        except Exception as e:
+            raise ModelError(f"{path}: its graph does not match its metadata ({str(e).splitlines()[0][:200]})") from e
+        if trial.shape != (2, fr.N_PARAMS) or not np.all(np.isfinite(trial)):
+            raise ModelError(f"{path}: its graph gives levels of shape {trial.shape}; this liveart needs "
+                             f"(voices, {fr.N_PARAMS}) finite values")
+        lo = np.min(np.stack(list(self.anchors.values())), axis=0)
+        hi = np.max(np.stack(list(self.anchors.values())), axis=0)
+        self.latent_low, self.latent_high = lo, hi  # the span of the anchors, per dimension
+
+    @classmethod
+    def load(cls, name_or_path: str | Path | None = None, device: str = "auto", threads: int = 1) -> "TimbreModel":
+        return cls(resolve_model_path(name_or_path), device, threads)
+
+    # ------------------------------------------------------------------ anchors
+    def anchor(self, name) -> np.ndarray:
+        """The latent of a GM instrument by number or name (see :func:`anchors.program_of`)."""
+        try:
+            program = anc.program_of(name)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+        if program not in self.anchors:
+            raise ModelError(f"the timbre model has no anchor for program {program} "
+                             f"({anc.GM_PROGRAM_NAMES[program]}); it was not in its training data")
+        return self.anchors[program]
+
+    # ------------------------------------------------------------------ decoding
+    def decode_db(self, z, note, velocity, on_seconds, off_seconds) -> np.ndarray:
+        """Levels in dB, shape (V, N_PARAMS), of V voices.
+
+        z : (V, latent); note, velocity : (V,) MIDI numbers (fractional notes allowed); on_seconds :
+        (V,) seconds since the note-on; off_seconds : (V,) seconds since the note-off, negative while
+        the key is held.
+        """
+        z = np.ascontiguousarray(z, np.float32)
+        feeds = {"z": z, "condition": fr.condition(note, velocity), "time": fr.time_features(on_seconds, off_seconds)}
+        return self.session.run(None, feeds)[0]
+
+    def frames(self, z, note, velocity, on_seconds, off_seconds, sample_rate: int, gain: float = 1.0):
+        """The synth's frames (harmonics, noise, amp) of V voices; see :func:`frames.synth_frames`."""
+        db = self.decode_db(z, note, velocity, on_seconds, off_seconds)
+        f0 = 440.0 * 2.0 ** ((np.asarray(note, np.float64) - 69.0) / 12.0)
+        return fr.synth_frames(db, f0, sample_rate, gain)
+
