@@ -169,6 +169,11 @@ class Engine:
         except ValueError as e:
             raise PatchError(f"{self.patch.source}: {e}") from None
         self._glide = Glide(self.timbre_control.targets, self.patch.timbre.smoothing_ms * 1e-3 * self.sample_rate)
+        self._timbre_async = bool(getattr(self.timbre, "asynchronous", False))
+        self._timbre_posted = -1
+        self._timbre_applied = -1
+        if self._timbre_async:
+            self.timbre.start(self.timbre_control.targets, self.timbre_control.enabled)
         self._timbre_gain = TIMBRE_LEVEL * 10.0 ** (self.patch.timbre.gain_db / 20.0)
         self._timbre_release_frames = int(MAX_OFF_SECONDS * self.sample_rate)
         self._last_tick = -1
@@ -260,6 +265,8 @@ class Engine:
             self.bank.render(t, left[t - start : stop - start], right[t - start : stop - start])
             t = stop
         self.frame = end
+        if self.timbre is not None:
+            self._glide.advance(end)  # the places move on even while no timbre voice sounds
         if kernel.KERNEL_AVAILABLE:
             peak, energy = kernel.finish_block(left, right, self.master_gain, out)
         else:
@@ -297,7 +304,8 @@ class Engine:
                 ch.program = e.a
                 if ch.timbre:
                     self._glide.advance(t)
-                    self.timbre_control.program_change(e.channel, e.a)
+                    if self.timbre_control.program_change(e.channel, e.a) and self._timbre_async:
+                        self.timbre.places_moved(self.timbre_control.targets)
                 elif ch.follow_program:
                     ch.preset = preset_for_program(ch.program)
             elif kind == ev.TEMPO:
@@ -413,7 +421,8 @@ class Engine:
             self._request_ramp(t, channel, _PITCH | _GAIN)
         if ch.timbre:
             self._glide.advance(t)
-            self.timbre_control.control_change(channel, control, value)
+            if self.timbre_control.control_change(channel, control, value) and self._timbre_async:
+                self.timbre.places_moved(self.timbre_control.targets)
         for mapping in self._cc_map.get(control, ()):
             if mapping.channel is not None and mapping.channel != channel or mapping.param not in CC_PARAMS:
                 continue  # another channel's, or a melody parameter (the host's, not the engine's)
@@ -501,7 +510,11 @@ class Engine:
         b.t_on[slot] = t  # the decoder reads note time from the slot
         b.t_off[slot] = FAR_FUTURE
         b.channel[slot], b.note[slot], b.velocity[slot] = channel, note, velocity
-        harmonics, noise, amp = self._timbre_frames(t, np.array([slot]))
+        if self._timbre_async:  # the audio thread never decodes: the worker's onset table
+            h, nz, a = self.timbre.onset(channel, note, velocity)
+            harmonics, noise, amp = h[None, :], nz[None, :], np.array([a * self._timbre_gain])
+        else:
+            harmonics, noise, amp = self._timbre_frames(t, np.array([slot]))
         gain_l, gain_r = self._channel_gains(ch)
         sr = self.sample_rate
         b.start_voice(slot, t, channel, note, velocity, f0, freq, harmonics[0], noise[0].astype(np.float32),
@@ -517,15 +530,19 @@ class Engine:
         """At a control hop boundary: new frames for every sounding timbre voice (not those that began
         here), ramping over the next hop; released voices the model has made silent are freed."""
         b = self.bank
-        voices = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
+        if self._timbre_async:
+            voices, harmonics, noise, amp = self._timbre_take(t)
+            self._timbre_post(t + self.hop_frames)
+        else:
+            voices = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
+            if len(voices):
+                harmonics, noise, amp = self._timbre_frames(t, voices)
         if len(voices) == 0:
             return
-        harmonics, noise, amp = self._timbre_frames(t, voices)
         b.harmonics[voices] = harmonics
         freq = b.freq_after[voices]
         tables = b.build_tables(harmonics, freq)
-        b.begin_ramp(voices, t, freq, b.gain_l_after[voices], b.gain_r_after[voices], tables,
-                     noise.astype(np.float32), amp)
+        b.begin_ramp(voices, t, freq, b.gain_l_after[voices], b.gain_r_after[voices], tables, noise, amp)
         level = amp / self._timbre_gain
         peak = self._timbre_peak[voices] = np.maximum(self._timbre_peak[voices], level)
         released = b.t_off[voices] < FAR_FUTURE
@@ -534,6 +551,43 @@ class Engine:
         silent = voices[released & (quiet | over)]
         if len(silent):
             b.kill_voices(silent, t + self.hop_frames)  # after the ramp down to silence
+
+    def _timbre_take(self, t: int):
+        """The worker's frames for boundary ``t`` (or, when late, the newest older ones not yet used):
+        (voices, harmonics, noise, amp) of the voices still playing that it decoded; voices it has
+        not reached keep their parameters."""
+        b = self.bank
+        expected = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
+        result = self.timbre.latest()
+        none = np.zeros(0, np.int64)
+        fresh = result is not None and result.boundary == t
+        if not fresh and self._timbre_posted == t:  # asked for and not ready
+            self.stats.timbre_late += len(expected)
+        if result is None or result.boundary <= self._timbre_applied or result.boundary > t:
+            return none, None, None, None  # nothing newer: the voices keep their parameters
+        self._timbre_applied = result.boundary
+        # A row counts only if its slot still plays the voice it was decoded for.
+        same = (b.t_on[result.slots] == result.t_on) & self._timbre_voice[result.slots] & (b.t_end[result.slots] > t)
+        rows = np.flatnonzero(same)
+        self.stats.timbre_frames += len(rows)
+        return result.slots[rows], result.harmonics[rows], result.noise[rows], result.amp[rows] * self._timbre_gain
+
+    def _timbre_post(self, boundary: int) -> None:
+        """Ask the worker for the frames of every sounding timbre voice at ``boundary``, as they will
+        be if nothing changes meanwhile (a release in between is heard from the boundary after)."""
+        from .timbre.worker import Request
+
+        b = self.bank
+        voices = np.flatnonzero(self._timbre_voice & (b.t_end > boundary - self.hop_frames))
+        if len(voices) == 0:
+            return
+        sr = self.sample_rate
+        z = self._glide.predict(boundary)[b.channel[voices]]
+        on = (boundary - b.t_on[voices]) / sr
+        off = np.where(b.t_off[voices] < FAR_FUTURE, (boundary - b.t_off[voices]) / sr, -1.0)
+        self.timbre.post(Request(boundary, voices, b.t_on[voices].copy(), z.astype(np.float32), b.note[voices],
+                                 b.velocity[voices], on, off))
+        self._timbre_posted = boundary
 
 
 def _cached(cache: dict, key, make):

@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TICKS_PER_QUARTER = 480
 BEATS_PER_BAR = 4
 GAP_QUARTERS = 1.0  # least rest between two chorales
+MORPH_STEP_QUARTERS = 0.25  # the mod wheel moves in 16th-note steps
 RELEASE_VELOCITY = 64
 
 # Velocity by position in the bar: strong beats a little louder, off-beats softer.
@@ -59,6 +60,10 @@ class PieceSpec:
     programs: tuple[int, ...]  # General MIDI program per voice, 0-based
     instrument_names: tuple[str, ...]
     target_seconds: float | None = None  # scale every tempo so the piece lasts this long
+    # The mod wheel (CC 1) of one voice swells 0 -> 127 -> 0 over one chorale: with the default patch
+    # that voice morphs through the timbre space towards the choir and back.
+    morph_voice: int | None = None
+    morph_chorale: int = 1
 
 
 DEMO = PieceSpec(
@@ -68,6 +73,7 @@ DEMO = PieceSpec(
     tempos_bpm=(90.0,),
     programs=(73, 68, 41, 42),
     instrument_names=("Flute", "Oboe", "Viola", "Cello"),
+    morph_voice=0,
 )
 
 BENCH_5MIN = PieceSpec(
@@ -185,6 +191,7 @@ def build(spec: PieceSpec) -> mido.MidiFile:
     markers: list[tuple[float, str]] = []
     end_quarters = 0.0
     grid_origin = 0.0  # the first full bar line; before it, the opening pickup bar
+    spans: list[tuple[float, float]] = []  # each chorale's (start, end) in quarters
     for index, name in enumerate(spec.chorales):
         score = _load_chorale(name)
         pickup = _pickup_quarters(score)
@@ -201,6 +208,7 @@ def build(spec: PieceSpec) -> mido.MidiFile:
         tempo_map.append((start, spec.tempos_bpm[index % len(spec.tempos_bpm)]))
         markers.append((start, name))
         end_quarters = start + float(score.highestTime)
+        spans.append((start, end_quarters))
     voices = [_remove_overlaps(v) for v in voices]
     end_quarters = max(n.end_quarters for v in voices for n in v)
 
@@ -233,6 +241,8 @@ def build(spec: PieceSpec) -> mido.MidiFile:
             (0, 0, mido.MetaMessage("track_name", name=label)),
             (0, 1, mido.Message("program_change", channel=channel, program=spec.programs[channel])),
         ]
+        if channel == spec.morph_voice:
+            events.extend(_morph_events(channel, *spans[spec.morph_chorale]))
         for n in notes:
             # At one tick, note_offs (order 2) come before note_ons (order 3).
             events.append((_ticks(n.start_quarters), 3, mido.Message(
@@ -241,6 +251,21 @@ def build(spec: PieceSpec) -> mido.MidiFile:
                 "note_off", channel=channel, note=n.pitch, velocity=RELEASE_VELOCITY)))
         midi.tracks.append(_to_track(events))
     return midi
+
+
+def _morph_events(channel: int, start: float, end: float) -> list[tuple[int, int, mido.Message]]:
+    """CC 1 rising 0 -> 127 over the first half of [start, end) and falling back over the second."""
+    events = []
+    steps = int((end - start) // MORPH_STEP_QUARTERS)
+    previous = None
+    for k in range(steps + 1):
+        u = k / steps
+        value = int(round(127 * (1 - abs(2 * u - 1))))
+        if value != previous:
+            events.append((_ticks(start + k * MORPH_STEP_QUARTERS), 1, mido.Message(
+                "control_change", channel=channel, control=1, value=value)))
+            previous = value
+    return events
 
 
 def _pickup_meter(pickup_quarters: float) -> tuple[int, int]:

@@ -23,7 +23,9 @@ MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 SHIPPED = {"timbre": "timbre-decoder.onnx"}
 DEFAULT_MODEL = "timbre"
 DECODER_KIND = "liveart-timbre-decoder"
-REPRESENTATION = "harmonic64-noise16-v1"
+REPRESENTATION = "harmonic64-noise16-v2"
+INPUTS = ("z", "note", "velocity", "on_seconds", "off_seconds", "band_limit_hz")
+OUTPUTS = ["harmonics", "noise", "amp", "levels_db"]
 DEVICES = ("auto", "cpu", "cuda")
 QUIET_LOG = 3  # onnxruntime log severity: errors only (no provider warnings on a machine without a GPU)
 _probe_cache: dict[str, bool] = {}
@@ -114,16 +116,19 @@ class TimbreModel:
             raise ModelError(f"{path}: its anchors do not match its {self.latent}-dimensional latent")
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if set(inputs) != {"z", "condition", "time"} or outputs != ["levels_db"]:
+        if set(inputs) != set(INPUTS) or outputs != OUTPUTS:
             raise ModelError(f"{path}: inputs {sorted(inputs)} and outputs {outputs} are not a timbre decoder graph")
         self.metadata = dict(meta)
+        self._band_limit = {}
         try:
-            trial = self.decode_db(np.zeros((2, self.latent), np.float32), [60, 72], [100, 100], [0.1, 0.5], [-1.0, 0.1])
+            trial = self._run(np.zeros((2, self.latent), np.float32), [60, 72], [100, 100], [0.1, 0.5], [-1.0, 0.1], 48000)
         except Exception as e:
             raise ModelError(f"{path}: its graph does not match its metadata ({str(e).splitlines()[0][:200]})") from e
-        if trial.shape != (2, fr.N_PARAMS) or not np.all(np.isfinite(trial)):
-            raise ModelError(f"{path}: its graph gives levels of shape {trial.shape}; this liveart needs "
-                             f"(voices, {fr.N_PARAMS}) finite values")
+        shapes = [t.shape for t in trial]
+        if shapes != [(2, fr.N_HARMONICS), (2, fr.N_NOISE_BANDS), (2,), (2, fr.N_PARAMS)] or not all(
+                np.all(np.isfinite(t)) for t in trial):
+            raise ModelError(f"{path}: its graph gives outputs of shapes {shapes}; this liveart needs harmonics, noise, "
+                             f"amp and levels for each voice, finite")
         lo = np.min(np.stack(list(self.anchors.values())), axis=0)
         hi = np.max(np.stack(list(self.anchors.values())), axis=0)
         self.latent_low, self.latent_high = lo, hi  # the span of the anchors, per dimension
@@ -145,20 +150,32 @@ class TimbreModel:
         return self.anchors[program]
 
     # ------------------------------------------------------------------ decoding
+    def _run(self, z, note, velocity, on_seconds, off_seconds, sample_rate: int):
+        limit = self._band_limit.get(sample_rate)
+        if limit is None:
+            limit = self._band_limit[sample_rate] = np.array([fr.BAND_LIMIT * sample_rate], np.float32)
+        f32 = np.float32
+        feeds = {"z": np.ascontiguousarray(z, f32), "note": np.asarray(note, f32), "velocity": np.asarray(velocity, f32),
+                 "on_seconds": np.asarray(on_seconds, f32), "off_seconds": np.asarray(off_seconds, f32),
+                 "band_limit_hz": limit}
+        return self.session.run(None, feeds)
+
     def decode_db(self, z, note, velocity, on_seconds, off_seconds) -> np.ndarray:
-        """Levels in dB, shape (V, N_PARAMS), of V voices.
+        """Levels in dB, shape (V, N_PARAMS), of V voices (partials above the band limit at 48 kHz
+        included, as the model predicts them).
 
         z : (V, latent); note, velocity : (V,) MIDI numbers (fractional notes allowed); on_seconds :
         (V,) seconds since the note-on; off_seconds : (V,) seconds since the note-off, negative while
         the key is held.
         """
-        z = np.ascontiguousarray(z, np.float32)
-        feeds = {"z": z, "condition": fr.condition(note, velocity), "time": fr.time_features(on_seconds, off_seconds)}
-        return self.session.run(None, feeds)[0]
+        return self._run(z, note, velocity, on_seconds, off_seconds, 48000)[3]
 
     def frames(self, z, note, velocity, on_seconds, off_seconds, sample_rate: int, gain: float = 1.0):
-        """The synth's frames (harmonics, noise, amp) of V voices; see :func:`frames.synth_frames`."""
-        db = self.decode_db(z, note, velocity, on_seconds, off_seconds)
-        f0 = 440.0 * 2.0 ** ((np.asarray(note, np.float64) - 69.0) / 12.0)
-        return fr.synth_frames(db, f0, sample_rate, gain)
+        """The synth's frames of V voices, one call: harmonics (V, N_HARMONICS) and noise
+        (V, N_NOISE_BANDS), linear, relative to amp (V,), the voice's linear level times ``gain``;
+        partials at or above BAND_LIMIT of ``sample_rate`` zero (see :func:`frames.synth_frames`)."""
+        h, noise, amp, _ = self._run(z, note, velocity, on_seconds, off_seconds, sample_rate)
+        if gain != 1.0:
+            amp *= gain
+        return h, noise, amp
 

@@ -16,6 +16,7 @@ latent) are used for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -89,6 +90,46 @@ class DecoderDb(nn.Module):
     def forward(self, z, cond, time):
         y = self.decoder(z, cond, time)
         return torch.clamp((y + 1.0) * fr.LEVEL_SCALE_DB + fr.FLOOR_DB, min=fr.FLOOR_DB, max=0.0)
+
+
+class DecoderSynth(nn.Module):
+    """The exported decoder: from what the engine knows of a voice to the synth's frame, in one graph
+    (the same arithmetic as :func:`frames.time_features`, :func:`frames.condition` and
+    :func:`frames.synth_frames`), so the run time makes one call per control frame.
+
+    Inputs: z (V, latent); note, velocity, on_seconds, off_seconds (V,) (off_seconds negative while
+    the key is held); band_limit_hz (1,): partials at or above it are silent. Outputs: harmonics
+    (V, N_HARMONICS) and noise (V, N_NOISE_BANDS) relative to amp (V,), and levels_db (V, N_PARAMS).
+    """
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("harmonic_numbers", torch.arange(1, fr.N_HARMONICS + 1, dtype=torch.float32))
+
+    @staticmethod
+    def _log_time(seconds: torch.Tensor, limit: float) -> torch.Tensor:
+        t = torch.clamp(seconds, 0.0, limit)
+        return torch.log1p(t / fr.TIME_UNIT_SECONDS) / math.log1p(limit / fr.TIME_UNIT_SECONDS)
+
+    def forward(self, z, note, velocity, on_seconds, off_seconds, band_limit_hz):
+        cond = torch.stack([(note - fr.PITCH_CENTRE) / fr.PITCH_SCALE, velocity / 63.5 - 1.0], dim=1)
+        up = (off_seconds >= 0).to(z.dtype)
+        held = torch.where(up > 0, on_seconds - off_seconds, on_seconds)
+        time = torch.stack([self._log_time(on_seconds, fr.MAX_ON_SECONDS), up,
+                            up * self._log_time(off_seconds, fr.MAX_OFF_SECONDS),
+                            up * self._log_time(held, fr.MAX_ON_SECONDS)], dim=1)
+        y = self.decoder(z, cond, time)
+        db = torch.clamp((y + 1.0) * fr.LEVEL_SCALE_DB + fr.FLOOR_DB, min=fr.FLOOR_DB, max=0.0)
+        # exp rather than pow: onnxruntime vectorises Exp, not Pow.
+        linear = torch.exp(db * (math.log(10.0) / 20.0)) * (db > fr.FLOOR_DB).to(db.dtype)
+        f0 = 440.0 * torch.exp((note - 69.0) * (math.log(2.0) / 12.0))
+        audible = (f0[:, None] * self.harmonic_numbers[None, :] < band_limit_hz).to(z.dtype)
+        h = linear[:, : fr.N_HARMONICS] * audible
+        noise = linear[:, fr.N_HARMONICS :]
+        amp = torch.sqrt(0.5 * torch.sum(h * h, dim=1) + torch.sum(noise * noise, dim=1))
+        inv = torch.where(amp > 0, 1.0 / torch.clamp(amp, min=1e-30), torch.zeros_like(amp))[:, None]
+        return h * inv, noise * inv, amp, db
 
 
 class EncoderDb(nn.Module):

@@ -27,7 +27,7 @@ import torch
 
 from ..timbre import frames as fr
 from .timbre_data import HELD_OUT_PROGRAMS, TimbreDataset
-from .timbre_model import (SUMMARY_OFF_SECONDS, SUMMARY_ON_SECONDS, DecoderDb, EncoderDb, TimbreConfig, TimbreVAE,
+from .timbre_model import (SUMMARY_OFF_SECONDS, SUMMARY_ON_SECONDS, DecoderSynth, EncoderDb, TimbreConfig, TimbreVAE,
                            parameter_count)
 
 BATCH_NOTES = 128
@@ -41,7 +41,9 @@ QUIET_WEIGHT = 0.3
 ONNX_OPSET = 17
 DECODER_KIND = "liveart-timbre-decoder"
 ENCODER_KIND = "liveart-timbre-encoder"
-REPRESENTATION = "harmonic64-noise16-v1"
+REPRESENTATION = "harmonic64-noise16-v2"
+DECODER_INPUTS = ["z", "note", "velocity", "on_seconds", "off_seconds", "band_limit_hz"]
+DECODER_OUTPUTS = ["harmonics", "noise", "amp", "levels_db"]
 
 
 class Prepared:
@@ -245,9 +247,10 @@ def export_onnx(vae: TimbreVAE, decoder_path: Path, encoder_path: Path, anchors:
     common.update(extra or {})
     anchor_json = json.dumps({str(p): [round(float(v), 6) for v in z] for p, z in sorted(anchors.items())})
     for module, path, args, inputs, outputs, props in (
-        (DecoderDb(vae.decoder), decoder_path,
-         (torch.zeros(2, cfg.latent), torch.zeros(2, 2), torch.zeros(2, fr.N_TIME_FEATURES)),
-         ["z", "condition", "time"], ["levels_db"],
+        (DecoderSynth(vae.decoder), decoder_path,
+         (torch.zeros(2, cfg.latent), torch.full((2,), 60.0), torch.full((2,), 100.0), torch.full((2,), 0.1),
+          torch.full((2,), -1.0), torch.full((1,), fr.BAND_LIMIT * 48000)),
+         DECODER_INPUTS, DECODER_OUTPUTS,
          {"kind": DECODER_KIND, "anchors": anchor_json, "parameters": parameter_count(vae.decoder),
           "held_out_programs": json.dumps(list(HELD_OUT_PROGRAMS))}),
         (EncoderDb(vae.encoder), encoder_path,
@@ -258,6 +261,6 @@ def export_onnx(vae: TimbreVAE, decoder_path: Path, encoder_path: Path, anchors:
     ):
         tmp = path.with_name(path.name + ".part")
         torch.onnx.export(module, args, str(tmp), input_names=inputs, output_names=outputs, opset_version=ONNX_OPSET,
-                          dynamo=False, dynamic_axes={n: {0: "batch"} for n in inputs + outputs})
+                          dynamo=False, dynamic_axes={n: {0: "batch"} for n in inputs + outputs if n != "band_limit_hz"})
         _add_metadata(tmp, {**common, **props})
         tmp.replace(path)
