@@ -173,7 +173,7 @@ class Engine:
         self._timbre_posted = -1
         self._timbre_applied = -1
         if self._timbre_async:
-            self.timbre.start(self.timbre_control.targets, self.timbre_control.enabled)
+            self.timbre.start(self._glide.position, self.timbre_control.enabled)
         self._timbre_gain = TIMBRE_LEVEL * 10.0 ** (self.patch.timbre.gain_db / 20.0)
         self._timbre_release_frames = int(MAX_OFF_SECONDS * self.sample_rate)
         self._last_tick = -1
@@ -304,8 +304,8 @@ class Engine:
                 ch.program = e.a
                 if ch.timbre:
                     self._glide.advance(t)
-                    if self.timbre_control.program_change(e.channel, e.a) and self._timbre_async:
-                        self.timbre.places_moved(self.timbre_control.targets)
+                    if self.timbre_control.program_change(e.channel, e.a):
+                        self._timbre_place_moved(t, e.channel)
                 elif ch.follow_program:
                     ch.preset = preset_for_program(ch.program)
             elif kind == ev.TEMPO:
@@ -421,8 +421,10 @@ class Engine:
             self._request_ramp(t, channel, _PITCH | _GAIN)
         if ch.timbre:
             self._glide.advance(t)
-            if self.timbre_control.control_change(channel, control, value) and self._timbre_async:
-                self.timbre.places_moved(self.timbre_control.targets)
+            moved = (self.timbre_control.reset(channel) if control == ev.CC_RESET_CONTROLLERS
+                     else self.timbre_control.control_change(channel, control, value))
+            if moved:
+                self._timbre_place_moved(t, channel)
         for mapping in self._cc_map.get(control, ()):
             if mapping.channel is not None and mapping.channel != channel or mapping.param not in CC_PARAMS:
                 continue  # another channel's, or a melody parameter (the host's, not the engine's)
@@ -491,6 +493,15 @@ class Engine:
 
 
     # ------------------------------------------------------------------ the timbre model
+    def _timbre_place_moved(self, t: int, channel: int) -> None:
+        """A channel's target moved at ``t``: with nothing of it sounding, it jumps there (silently);
+        otherwise its voices glide. The worker remakes its onset table."""
+        b = self.bank
+        if not np.any(self._timbre_voice & (b.t_end > t) & (b.channel == channel)):
+            self._glide.snap(channel)
+        if self._timbre_async:
+            self.timbre.places_moved(self._glide.predict(t + self.hop_frames))
+
     def _timbre_sounding(self, t: int) -> bool:
         return bool(np.any(self._timbre_voice & (self.bank.t_end > t)))
 
@@ -533,6 +544,8 @@ class Engine:
         if self._timbre_async:
             voices, harmonics, noise, amp = self._timbre_take(t)
             self._timbre_post(t + self.hop_frames)
+            if self._glide.moving():  # onset tables follow the glide (the worker rate-limits remakes)
+                self.timbre.places_moved(self._glide.predict(t + self.hop_frames))
         else:
             voices = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
             if len(voices):

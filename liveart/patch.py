@@ -9,7 +9,7 @@ for the format.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,10 +345,13 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         if k not in allowed_channel_names:
             raise check.fail(f"channels.{k}", channel_tables[k], "a table named default or a MIDI channel 1 to 16")
     default_channel = _channel(check, channel_tables.get("default", {}), "channels.default.", ChannelSettings(), presets)
+    # Channel 10 is percussion: it plays noise_hit unless its own table says otherwise, and never
+    # inherits the timbre model (drum kits are not in it) from [channels.default].
+    percussion_base = (ChannelSettings(preset="noise_hit", follow_program=False) if "10" not in channel_tables
+                       else replace(default_channel, timbre=None))
     channels = tuple(
         _channel(check, channel_tables.get(str(i + 1), {}), f"channels.{i + 1}.",
-                 ChannelSettings(preset="noise_hit", follow_program=False) if i == 9 and str(i + 1) not in channel_tables
-                 else default_channel, presets)
+                 percussion_base if i == 9 else default_channel, presets)
         for i in range(16)
     )
 

@@ -526,3 +526,137 @@ def test_program_names_resolve():
     for bad in ("kazoo", 128, -1, True, "drum"):
         with pytest.raises(ValueError):
             anc.program_of(bad)
+
+
+# ------------------------------------------------------------------------------- review cases
+class _Recording:
+    """A TimbreModel stand-in that records what the engine asks the decoder."""
+
+    def __init__(self, model):
+        self.model = model
+        self.anchors, self.latent = model.anchors, model.latent
+        self.latent_low, self.latent_high = model.latent_low, model.latent_high
+        self.held_out_programs = model.held_out_programs
+        self.calls = []
+
+    def frames(self, z, note, velocity, on_seconds, off_seconds, sample_rate, gain=1.0):
+        self.calls.append((np.array(z), np.array(note), np.array(on_seconds)))
+        return self.model.frames(z, note, velocity, on_seconds, off_seconds, sample_rate, gain)
+
+
+@needs_model
+@pytest.mark.parametrize("smoothing_ms", [40.0, 0.0])
+def test_a_note_right_after_a_program_change_starts_as_the_new_instrument(model, smoothing_ms):
+    rec = _Recording(model)
+    patch = patch_from_dict({"channels": {"default": {"timbre": True}}, "timbre": {"smoothing_ms": smoothing_ms}})
+    engine = Engine(patch, sample_rate=SR, timbre=rec)
+    engine.schedule_many([ev.program_change(0, 0, 73), ev.note_on(0, 0, 72, 90)])
+    engine.render(512)
+    z, note, on = rec.calls[0]
+    assert on[0] == 0.0 and np.allclose(z[0], model.anchors[73]), "the onset is decoded at the flute, not the piano"
+    # With a note sounding, a program change glides (no step) unless smoothing is off.
+    engine.schedule(ev.program_change(engine.frame, 0, 42))
+    engine.render(HOP * 2)
+    z = rec.calls[-1][0][0]
+    cello, flute = model.anchors[42], model.anchors[73]
+    if smoothing_ms:
+        assert 0.01 < np.linalg.norm(z - flute) < 0.5 * np.linalg.norm(cello - flute)
+    else:
+        assert np.allclose(z, cello)
+
+
+@needs_model
+def test_reset_controllers_returns_the_morph_to_its_default(model):
+    patch = timbre_patch(timbre={"morph": [{"cc": 1, "from": "flute", "to": "cello", "default": 0.25}],
+                                 "dim": [{"cc": 20, "dim": 1}]})
+    engine = Engine(patch, sample_rate=SR, timbre=model)
+    start = engine.timbre_control.targets[0].copy()
+    engine.schedule_many([ev.control_change(0, 0, 1, 127), ev.control_change(0, 0, 20, 0)])
+    engine.render(64)
+    assert not np.allclose(engine.timbre_control.targets[0], start)
+    engine.schedule(ev.control_change(engine.frame, 0, ev.CC_RESET_CONTROLLERS, 0))
+    engine.render(64)
+    assert np.allclose(engine.timbre_control.targets[0], start)
+
+
+def test_percussion_never_inherits_the_timbre_model():
+    for tables in ({"default": {"timbre": True}}, {"default": {"timbre": True}, "10": {"volume": 0.5}}):
+        patch = patch_from_dict({"channels": tables})
+        assert patch.channels[9].timbre is None and patch.channels[0].timbre == -1
+    patch = patch_from_dict({"channels": {"default": {"timbre": True}, "10": {"timbre": "taiko drum"}}})
+    assert patch.channels[9].timbre == 116, "unless its own table asks"
+
+
+@needs_model
+def test_noise_bands_move_to_the_rate_they_are_played_at(model):
+    """The model's bands are 48 kHz's (40 Hz - 20 kHz); at 22050 Hz the synth's bands end at 9.9 kHz:
+    the noise power below that edge is the same, moved onto the new bands, and nothing is left above."""
+    rng = np.random.default_rng(5)
+    v = 200
+    z = np.stack([model.anchors[int(p)] for p in rng.integers(0, 128, v)])
+    args = (z, rng.integers(40, 90, v), rng.integers(30, 127, v), rng.random(v), np.full(v, -1.0))
+    h48, n48, a48 = model.frames(*args, 48000)
+    h22, n22, a22 = model.frames(*args, 22050)
+    e48, e22 = noise_band_edges_hz(48000), noise_band_edges_hz(22050)
+    below = e48[1:] <= e22[-1]  # 48 kHz bands wholly under 22050's top edge
+    p48 = np.sum((n48[:, below] * a48[:, None]) ** 2, axis=1)
+    p22 = np.sum((n22 * a22[:, None]) ** 2, axis=1)
+    assert np.all(p22 >= p48 * 0.999), "the power of bands that fit is kept"
+    straddle = np.sum((n48[:, np.flatnonzero(~below)[0]] * a48) ** 2)
+    assert np.sum(p22) <= np.sum(p48) + straddle * 1.001, "what lies above the new top edge is dropped"
+    assert np.allclose(h22 * a22[:, None], h48 * a48[:, None] * fr.harmonic_band_mask(
+        440.0 * 2.0 ** ((args[1] - 69) / 12.0), 22050), rtol=1e-3, atol=1e-7), "partials are untouched below the limit"
+
+
+@needs_model
+def test_a_worker_whose_decoder_fails_keeps_going_and_says_so(model):
+    from liveart.timbre.worker import TimbreWorker
+
+    class Broken:
+        def __init__(self):
+            self.anchors, self.latent = model.anchors, model.latent
+            self.latent_low, self.latent_high = model.latent_low, model.latent_high
+            self.held_out_programs = model.held_out_programs
+            self.fail = False
+
+        def frames(self, *a, **k):
+            if self.fail:
+                raise RuntimeError("the GPU went away")
+            return model.frames(*a, **k)
+
+    broken = Broken()
+    with TimbreWorker(broken, SR) as worker:
+        engine = Engine(timbre_patch(), sample_rate=SR, timbre=worker)
+        broken.fail = True
+        engine.schedule(ev.note_on(0, 0, 60, 100))
+        out = np.zeros((12800, 2), np.float32)
+        for k in range(0, 12800, 128):
+            engine.render_into(out[k : k + 128])
+            worker.wait_idle(1.0)
+        assert worker._thread.is_alive() and worker.failures > 0 and "GPU went away" in worker.error
+        assert engine.stats.timbre_late > 0 and rms(out[4000:]) > 0.001, "the note sounds on its onset frame"
+
+
+def test_timbre_map_to_a_directory_fails_in_one_line(tmp_path, capsys):
+    if not DECODER.exists():
+        pytest.skip("the shipped timbre model is not there yet")
+    pytest.importorskip("matplotlib")
+    (tmp_path / "d.png").mkdir()
+    assert main(["timbre", "map", "-o", str(tmp_path / "d.png")]) == 1
+    assert main(["timbre", "map", "-o", str(tmp_path / "missing" / "m.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "Traceback" not in err
+
+
+@needs_model
+def test_patch_check_asks_the_model_what_only_it_knows(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[timbre]\nposition = [1.0, 2.0]\n[channels.default]\ntimbre = true\n')
+    assert main(["patches", "--check", str(bad)]) == 1
+    assert "latent has" in capsys.readouterr().err
+    missing = tmp_path / "missing.toml"
+    missing.write_text('[timbre]\nmodel = "nowhere/x.onnx"\n[channels.default]\ntimbre = true\n')
+    assert main(["patches", "--check", str(missing)]) == 1
+    assert "no such model file" in capsys.readouterr().err
+    for name in ("default", "timbre_morph", "timbre_xy"):
+        assert main(["patches", "--check", name]) == 0

@@ -84,6 +84,18 @@ class TimbreControl:
             point = self.base[c]
         self.targets[c] = point + self.offsets[c]
 
+    def reset(self, channel: int) -> bool:
+        """Reset all controllers (CC 121): morph and XY back to their defaults, dimension knobs to none."""
+        if not self.enabled[channel]:
+            return False
+        place = self.place[channel]
+        self.morph_value[channel] = place.default if isinstance(place, TimbreMorph) else 0.0
+        self.xy_value[channel] = place.default if isinstance(place, TimbreXY) else (0.0, 0.0)
+        self.offsets[channel] = 0.0
+        before = self.targets[channel].copy()
+        self._update(channel)
+        return not np.array_equal(before, self.targets[channel])
+
     def program_change(self, channel: int, program: int) -> bool:
         """Move a following channel's anchor; True when its target moved."""
         if not self.enabled[channel] or not self.follow_program[channel]:
@@ -134,10 +146,17 @@ class Glide:
 
     def advance(self, frame: int) -> np.ndarray:
         dt = frame - self.frame
-        if dt > 0:
-            if self.tau <= 0:
-                self.position[:] = self.targets
-            else:
-                self.position += (self.targets - self.position) * (1.0 - math.exp(-dt / self.tau))
-            self.frame = frame
+        if self.tau <= 0:
+            self.position[:] = self.targets
+        elif dt > 0:
+            self.position += (self.targets - self.position) * (1.0 - math.exp(-dt / self.tau))
+        self.frame = max(self.frame, frame)
         return self.position
+
+    def snap(self, channel: int) -> None:
+        """Jump a channel to its target: for a channel with nothing sounding, where a jump is silent
+        (a note that follows a program change starts as the new instrument, not on the way to it)."""
+        self.position[channel] = self.targets[channel]
+
+    def moving(self) -> bool:
+        return not np.allclose(self.position, self.targets, rtol=0.0, atol=1e-6)

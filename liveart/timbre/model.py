@@ -10,6 +10,7 @@ call. Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..errors import ModelError
 from . import anchors as anc
+from ..synth.presets import noise_band_edges_hz
 from . import frames as fr
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
@@ -27,8 +29,29 @@ REPRESENTATION = "harmonic64-noise16-v2"
 INPUTS = ("z", "note", "velocity", "on_seconds", "off_seconds", "band_limit_hz")
 OUTPUTS = ["harmonics", "noise", "amp", "levels_db"]
 DEVICES = ("auto", "cpu", "cuda")
+ANALYSIS_SAMPLE_RATE = 48000  # the rate the training notes were rendered and analysed at
 QUIET_LOG = 3  # onnxruntime log severity: errors only (no provider warnings on a machine without a GPU)
 _probe_cache: dict[str, bool] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_rebin(sample_rate: int) -> np.ndarray | None:
+    """(16, 16) matrix moving band power from the 48 kHz bands the model knows to ``sample_rate``'s
+    bands (overlap on a log-frequency axis; power above this rate's top edge is dropped), or None
+    when the bands are the same."""
+    source = noise_band_edges_hz(ANALYSIS_SAMPLE_RATE)
+    target = noise_band_edges_hz(sample_rate)
+    if np.allclose(source, target, rtol=0.0, atol=1e-9):
+        return None
+    ls, lt = np.log(source), np.log(target)
+    m = np.zeros((len(source) - 1, len(target) - 1))
+    for i in range(len(source) - 1):
+        for j in range(len(target) - 1):
+            overlap = min(ls[i + 1], lt[j + 1]) - max(ls[i], lt[j])
+            if overlap > 0:
+                m[i, j] = overlap / (ls[i + 1] - ls[i])
+    m.flags.writeable = False
+    return m.astype(np.float32)
 
 
 def resolve_model_path(name_or_path: str | Path | None) -> Path:
@@ -64,6 +87,10 @@ def cuda_works(path: str | Path) -> bool:
             ort.set_default_logger_severity(4)
             session = ort.InferenceSession(key, options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
             ok = session.get_providers()[0] == "CUDAExecutionProvider"
+            if ok:  # created is not enough: it must run there (memory, kernels for this GPU, cuDNN)
+                feeds = {i.name: np.zeros([d if isinstance(d, int) else 2 for d in i.shape], np.float32)
+                         for i in session.get_inputs()}
+                session.run(None, feeds)
         except Exception:  # any failure to start CUDA means: not usable here
             ok = False
         finally:
@@ -108,8 +135,10 @@ class TimbreModel:
             self.latent = int(meta["latent"])
             anchors = json.loads(meta["anchors"])
             self.anchors = {int(p): np.asarray(z, np.float32) for p, z in anchors.items()}
-            self.held_out_programs = tuple(json.loads(meta.get("held_out_programs", "[]")))
-        except (KeyError, ValueError) as e:
+            self.held_out_programs = tuple(int(p) for p in json.loads(meta.get("held_out_programs", "[]")))
+            if any(not 0 <= p <= 127 for p in (*self.anchors, *self.held_out_programs)):
+                raise ValueError("programs outside 0-127")
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise ModelError(f"{path}: its metadata is incomplete or unreadable ({e}); retrain it with "
                              f"'liveart train timbre'") from e
         if not self.anchors or any(z.shape != (self.latent,) or not np.all(np.isfinite(z)) for z in self.anchors.values()):
@@ -175,6 +204,15 @@ class TimbreModel:
         (V, N_NOISE_BANDS), linear, relative to amp (V,), the voice's linear level times ``gain``;
         partials at or above BAND_LIMIT of ``sample_rate`` zero (see :func:`frames.synth_frames`)."""
         h, noise, amp, _ = self._run(z, note, velocity, on_seconds, off_seconds, sample_rate)
+        rebin = _noise_rebin(sample_rate)
+        if rebin is not None:  # the model's bands are 48 kHz's; move their power onto this rate's
+            noise_power = (noise * noise) @ rebin
+            harmonic_power = 0.5 * np.sum(h * h, axis=1)
+            total = harmonic_power + np.sum(noise_power, axis=1)
+            scale = np.sqrt(np.where(total > 0, total, 1.0))
+            h = (h / scale[:, None]).astype(np.float32)
+            noise = (np.sqrt(noise_power) / scale[:, None]).astype(np.float32)
+            amp = (amp * np.sqrt(total)).astype(np.float32)  # silent when nothing is left below Nyquist
         if gain != 1.0:
             amp *= gain
         return h, noise, amp

@@ -33,6 +33,8 @@ def plot_map(model, output: str | Path) -> Path:
     if output.suffix.lower() not in MAP_SUFFIXES:
         raise OutputError(f"{output}: the map must end in {', '.join(MAP_SUFFIXES)}")
     parent = output.parent if str(output.parent) else Path(".")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a directory; give a file name")
     if not parent.is_dir():
         raise OutputError(f"{output}: cannot write there; the directory {parent} does not exist")
     try:
@@ -64,13 +66,16 @@ def plot_map(model, output: str | Path) -> Path:
                  f"stars were never trained on)")
     ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=parent)
+        os.close(fd)
         fig.savefig(tmp)
         os.replace(tmp, output)
+    except OSError as e:
+        raise OutputError(f"{output}: cannot write the map ({e.strerror or e})") from e
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return output

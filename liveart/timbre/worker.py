@@ -76,6 +76,8 @@ class TimbreWorker:
         self._wake = threading.Event()
         self._running = True
         self._done: Request | None = None
+        self.failures = 0  # decodes that raised (the voices kept their parameters)
+        self.error: str | None = None  # the last such error, for the host to report
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ set-up (before the stream)
@@ -169,16 +171,21 @@ class TimbreWorker:
             self._wake.wait(timeout)
             self._wake.clear()
             request = self._request
-            if request is not None and request is not done:
-                started = time.perf_counter()
-                h, noise, amp = self.model.frames(request.z, request.note, request.velocity, request.on_seconds,
-                                                  request.off_seconds, self.sample_rate)
-                if self.slowdown_seconds:
-                    time.sleep(self.slowdown_seconds)
-                self._result = Result(request.boundary, request.slots, request.t_on, h, noise, amp)
-                self.decode_seconds.append(time.perf_counter() - started)
-                done = request
-                self._done = done
-            if self._tables_behind() and time.perf_counter() - last_table >= TABLE_REFRESH_SECONDS:
-                self._make_tables(self._targets)  # a request arriving meanwhile waits one table
+            try:
+                if request is not None and request is not done:
+                    started = time.perf_counter()
+                    h, noise, amp = self.model.frames(request.z, request.note, request.velocity, request.on_seconds,
+                                                      request.off_seconds, self.sample_rate)
+                    if self.slowdown_seconds:
+                        time.sleep(self.slowdown_seconds)
+                    self._result = Result(request.boundary, request.slots, request.t_on, h, noise, amp)
+                    self.decode_seconds.append(time.perf_counter() - started)
+                if self._tables_behind() and time.perf_counter() - last_table >= TABLE_REFRESH_SECONDS:
+                    self._make_tables(self._targets)  # a request arriving meanwhile waits one table
+                    last_table = time.perf_counter()
+            except Exception as e:  # the thread goes on; the host reports failures and the last error
+                self.failures += 1
+                self.error = f"{type(e).__name__}: {e}"
                 last_table = time.perf_counter()
+            done = request
+            self._done = done

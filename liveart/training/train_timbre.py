@@ -198,17 +198,26 @@ def train(data: TimbreDataset, config: TimbreConfig, out_dir: Path, seed: int = 
             break
         if elapsed / 60 * (epoch + 1) / epoch > max_minutes:
             break
-    vae = load_checkpoint(ckpt_path)
-    anchors = all_anchors(vae, prep, data)
-    extra = {"seed": seed, "valid_anchor_error_db": f"{best[0]:.3f}"}
-    dec_path, enc_path = out_dir / f"{name}-decoder.onnx", out_dir / f"{name}-encoder.onnx"
-    export_onnx(vae, dec_path, enc_path, anchors, extra)
+    dec_path, enc_path = export_checkpoint(ckpt_path, data, out_dir, name, prep)
     meta = {"config": config.to_dict(), "seed": seed, "epochs": epoch, "best_epoch": best[1],
             "valid_anchor_error_db": best[0], "history": history,
             "parameters": {"encoder": parameter_count(vae.encoder), "decoder": parameter_count(vae.decoder)},
             "minutes": (time.monotonic() - started) / 60, "batches_per_epoch": per_epoch}
     (out_dir / f"{name}.train.json").write_text(json.dumps(meta, indent=1) + "\n")
     return TrainResult(epoch, best[1], best[0], time.monotonic() - started, dec_path, enc_path)
+
+
+def export_checkpoint(ckpt_path: Path, data: TimbreDataset, out_dir: Path, name: str = "timbre",
+                      prep: Prepared | None = None) -> tuple[Path, Path]:
+    """Export a checkpoint's decoder and encoder, with every program's anchor, to ONNX."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    vae = load_checkpoint(ckpt_path)
+    anchors = all_anchors(vae, prep or Prepared(data), data)
+    extra = {"seed": ckpt["seed"], "valid_anchor_error_db": f"{ckpt['valid_anchor_error_db']:.3f}",
+             "epoch": ckpt["epoch"]}
+    dec_path, enc_path = Path(out_dir) / f"{name}-decoder.onnx", Path(out_dir) / f"{name}-encoder.onnx"
+    export_onnx(vae, dec_path, enc_path, anchors, extra)
+    return dec_path, enc_path
 
 
 def all_anchors(vae: TimbreVAE, prep: Prepared, data: TimbreDataset) -> dict[int, np.ndarray]:
