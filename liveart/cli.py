@@ -130,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--hidden", type=_positive_int, default=256, metavar="H", help="decoder units per layer (default 256)")
     tt.add_argument("--layers", type=_positive_int, default=2, metavar="L", help="decoder hidden layers (default 2)")
     tt.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="random seed (default 1)")
-    tt.add_argument("--epochs", type=_positive_int, default=150, metavar="N",
-                    help="epochs; the learning rate decays over them (default 150)")
+    tt.add_argument("--epochs", type=_positive_int, default=300, metavar="N",
+                    help="epochs; the learning rate decays over them (default 300)")
     tt.add_argument("--patience", type=_positive_int, default=20, metavar="N",
                     help="stop after this many epochs without a better validation score (default 20)")
-    tt.add_argument("--max-minutes", type=_positive_float, default=25.0, metavar="M",
-                    help="a safety net: stop before an epoch that would end past this (default 25)")
+    tt.add_argument("--max-minutes", type=_positive_float, default=28.0, metavar="M",
+                    help="a safety net: stop before an epoch that would end past this (default 28)")
     tt.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (default 2)")
     tt.add_argument("--data", metavar="PATH", default=".cache/timbre-dataset-v1.npz",
                     help="the cached data set; rendered with FluidSynth and analysed when missing")

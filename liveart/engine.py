@@ -541,8 +541,9 @@ class Engine:
         """At a control hop boundary: new frames for every sounding timbre voice (not those that began
         here), ramping over the next hop; released voices the model has made silent are freed."""
         b = self.bank
+        tables = None
         if self._timbre_async:
-            voices, harmonics, noise, amp = self._timbre_take(t)
+            voices, harmonics, noise, amp, tables = self._timbre_take(t)
             self._timbre_post(t + self.hop_frames)
             if self._glide.moving():  # onset tables follow the glide (the worker rate-limits remakes)
                 self.timbre.places_moved(self._glide.predict(t + self.hop_frames))
@@ -554,7 +555,8 @@ class Engine:
             return
         b.harmonics[voices] = harmonics
         freq = b.freq_after[voices]
-        tables = b.build_tables(harmonics, freq)
+        if tables is None:
+            tables = b.build_tables(harmonics, freq)
         b.begin_ramp(voices, t, freq, b.gain_l_after[voices], b.gain_r_after[voices], tables, noise, amp)
         level = amp / self._timbre_gain
         peak = self._timbre_peak[voices] = np.maximum(self._timbre_peak[voices], level)
@@ -577,13 +579,14 @@ class Engine:
         if not fresh and self._timbre_posted == t:  # asked for and not ready
             self.stats.timbre_late += len(expected)
         if result is None or result.boundary <= self._timbre_applied or result.boundary > t:
-            return none, None, None, None  # nothing newer: the voices keep their parameters
+            return none, None, None, None, None  # nothing newer: the voices keep their parameters
         self._timbre_applied = result.boundary
         # A row counts only if its slot still plays the voice it was decoded for.
         same = (b.t_on[result.slots] == result.t_on) & self._timbre_voice[result.slots] & (b.t_end[result.slots] > t)
         rows = np.flatnonzero(same)
         self.stats.timbre_frames += len(rows)
-        return result.slots[rows], result.harmonics[rows], result.noise[rows], result.amp[rows] * self._timbre_gain
+        return (result.slots[rows], result.harmonics[rows], result.noise[rows], result.amp[rows] * self._timbre_gain,
+                result.tables[rows])
 
     def _timbre_post(self, boundary: int) -> None:
         """Ask the worker for the frames of every sounding timbre voice at ``boundary``, as they will
@@ -599,7 +602,7 @@ class Engine:
         on = (boundary - b.t_on[voices]) / sr
         off = np.where(b.t_off[voices] < FAR_FUTURE, (boundary - b.t_off[voices]) / sr, -1.0)
         self.timbre.post(Request(boundary, voices, b.t_on[voices].copy(), z.astype(np.float32), b.note[voices],
-                                 b.velocity[voices], on, off))
+                                 b.velocity[voices], on, off, b.freq_after[voices].copy()))
         self._timbre_posted = boundary
 
 

@@ -68,8 +68,9 @@ def liveart_executable() -> Path:
     return Path(sys.executable).parent / "liveart"
 
 
-def liveart_command(midi: Path, wav: Path, sample_rate: int) -> list[str]:
-    return [str(liveart_executable()), "render", str(midi), "-o", str(wav), "--sample-rate", str(sample_rate)]
+def liveart_command(midi: Path, wav: Path, sample_rate: int, patch: str | None = None) -> list[str]:
+    command = [str(liveart_executable()), "render", str(midi), "-o", str(wav), "--sample-rate", str(sample_rate)]
+    return command + (["--patch", patch] if patch else [])
 
 
 def check_fluidsynth(soundfont: Path) -> None:
@@ -145,7 +146,7 @@ def midi_seconds(path: Path) -> float | None:
 
 
 def bench_offline(midi: Path, runs: int, warmup_runs: int, sample_rate: int,
-                  soundfont: Path) -> list[Measurement]:
+                  soundfont: Path, patch: str | None = None) -> list[Measurement]:
     """Offline render of ``midi`` by FluidSynth and by liveart, runs interleaved (F, L, F, L, ...)
     so that a change in the machine's load hits both alike."""
     commands = {}
@@ -157,7 +158,7 @@ def bench_offline(midi: Path, runs: int, warmup_runs: int, sample_rate: int,
         results["fluidsynth"] = Measurement("fluidsynth", error=str(e))
     try:
         check_liveart()
-        commands["liveart"] = lambda wav: liveart_command(midi, wav, sample_rate)
+        commands["liveart"] = lambda wav: liveart_command(midi, wav, sample_rate, patch)
     except BenchError as e:
         results["liveart"] = Measurement("liveart", error=str(e))
     for name in commands:
@@ -226,9 +227,11 @@ def bench_synth_blocks(sample_rate: int, block_frames: int = BLOCK_FRAMES, voice
 
     from liveart import events as ev
     from liveart.engine import Engine
-    from liveart.patch import load_patch
+    from liveart.patch import patch_from_dict
 
-    patch = load_patch()
+    # The synth alone: preset voices picked by GM family (the timbre model's cost is measured by
+    # scripts/bench_timbre.py).
+    patch = patch_from_dict({"channels": {"default": {"preset": "soft_flute", "follow_program": True}}})
     budget_us = block_frames / sample_rate * 1e6
     rows = []
     for moving in (False, True):
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="output sample rate in Hz (default: %(default)s)")
     parser.add_argument("--soundfont", type=Path, default=DEFAULT_SOUNDFONT,
                         help="SoundFont for FluidSynth (default: %(default)s)")
+    parser.add_argument("--patch", default=None,
+                        help="liveart's patch (default: the default patch, through the timbre model)")
     parser.add_argument("--skip-offline", action="store_true", help="only the synth block cost")
     parser.add_argument("--skip-synth", action="store_true", help="only the offline render")
     args = parser.parse_args(argv)
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = midi
         print(f"Offline render: {shown} ({length}), {args.sample_rate} Hz, "
               f"{args.runs} timed runs each after {args.warmup} warm-up, whole processes, interleaved")
-        results = bench_offline(midi, args.runs, args.warmup, args.sample_rate, args.soundfont)
+        results = bench_offline(midi, args.runs, args.warmup, args.sample_rate, args.soundfont, args.patch)
         print(format_offline(results, music_seconds))
         failed = any(r.error for r in results)
     if not args.skip_synth:

@@ -58,7 +58,7 @@ def bench_decode(model: TimbreModel, voices: int, runs: int, rng) -> list[float]
 
 
 def bench_engine(model: TimbreModel, voices: int, blocks: int, worker: bool) -> list[float]:
-    patch = patch_from_dict({"audio": {"control_hop_frames": 256, "polyphony": max(32, voices)},
+    patch = patch_from_dict({"audio": {"control_hop_frames": 512, "polyphony": max(32, voices)},
                              "channels": {"default": {"timbre": True, "follow_program": True}}})
     source = TimbreWorker(model, SR) if worker else model
     try:

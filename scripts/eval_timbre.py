@@ -78,13 +78,18 @@ def lsd(a: np.ndarray, refs: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean((refs - a[None]) ** 2, axis=(1, 2)))
 
 
+CONTROL_HOP = 512  # the default patch's control hop
+_settings = {"hop": CONTROL_HOP}
+
+
 def liveart_notes(model: TimbreModel, program: int | None, notes: list[tuple[int, int, float]],
                   preset_family: bool = False) -> list[np.ndarray]:
     """Render (note, velocity, hold) one after another on one engine; mono (left + right)."""
+    audio = {"gain_db": 0.0, "control_hop_frames": _settings["hop"]}
     if preset_family:
-        patch = patch_from_dict({"audio": {"gain_db": 0.0}, "channels": {"default": {"follow_program": True}}})
+        patch = patch_from_dict({"audio": audio, "channels": {"default": {"follow_program": True}}})
     else:
-        patch = patch_from_dict({"audio": {"gain_db": 0.0}, "channels": {"default": {"timbre": program}}})
+        patch = patch_from_dict({"audio": audio, "channels": {"default": {"timbre": program}}})
     engine = Engine(patch, SR, timbre=None if preset_family else model)
     if preset_family:
         engine.schedule(ev.program_change(0, 0, program))
@@ -154,7 +159,8 @@ def sweep(model: TimbreModel) -> dict:
     n = int(seconds * SR)
     # The sweep: a morph controller steps from anchor to anchor along the whole path, one program
     # change per anchor on a following channel (the glide smooths each jump).
-    patch = patch_from_dict({"audio": {"gain_db": 0.0}, "channels": {"default": {"timbre": firsts[0]}}})
+    patch = patch_from_dict({"audio": {"gain_db": 0.0, "control_hop_frames": _settings["hop"]},
+                             "channels": {"default": {"timbre": firsts[0]}}})
     engine = Engine(patch, SR, timbre=model)
     engine.schedule(ev.note_on(0, 0, 60, 100))
     for k, p in enumerate(firsts[1:], start=1):
@@ -165,7 +171,8 @@ def sweep(model: TimbreModel) -> dict:
     sweep_step = float(np.max(np.abs(np.diff(audio[settle:]))))
     steady = []
     for p in firsts:
-        e = Engine(patch_from_dict({"audio": {"gain_db": 0.0}, "channels": {"default": {"timbre": p}}}), SR, timbre=model)
+        e = Engine(patch_from_dict({"audio": {"gain_db": 0.0, "control_hop_frames": _settings["hop"]},
+                                    "channels": {"default": {"timbre": p}}}), SR, timbre=model)
         e.schedule(ev.note_on(0, 0, 60, 100))
         a = e.render(n + settle)[settle:, 0].astype(np.float64)
         steady.append(float(np.max(np.abs(np.diff(a)))))
@@ -178,7 +185,9 @@ def main() -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--velocities", type=int, nargs="+", default=list(td.VELOCITIES))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--hop", type=int, default=CONTROL_HOP, help="control hop in frames (default 512, the default patch's)")
     args = ap.parse_args()
+    _settings["hop"] = args.hop
     model = TimbreModel.load(args.model, device="cpu")
     rec = recognition(model, args.velocities)
     for label in ("trained programs", "held-out programs", "presets (baseline)"):

@@ -61,7 +61,7 @@ def test_offline_render_ends_notes_the_file_never_ends(tmp_path, pedal):
     path = one_note_file(tmp_path / "hang.mid", seconds=1.0, note_off=False, extra=extra)
     assert mido.MidiFile(path).length == pytest.approx(1.0)
     audio, sr = render_cli(path, tmp_path / "hang.wav")
-    assert rms(audio[int(0.2 * sr) : int(0.9 * sr)]) > 0.01, "the note sounds while the piece lasts"
+    assert rms(audio[int(0.2 * sr) : int(0.9 * sr)]) > 0.003, "the note sounds while the piece lasts (a piano, decaying)"
     assert np.all(audio[-int(0.01 * sr) :] == 0.0), "the file ends in silence"
     assert 1.0 < len(audio) / sr < 1.0 + 2.0, "the note ends soon after the piece does"
 

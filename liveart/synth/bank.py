@@ -59,6 +59,28 @@ def _noise_offset(frame: int, channel: int, note: int) -> int:
     return h % NOISE_LOOP_FRAMES
 
 
+_HARMONIC_NUMBERS = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
+_TABLE_SCALE = -0.5j * TABLE_SIZE
+
+
+def build_tables(harmonics: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    """Wavetables for partial amplitudes at frequencies (a pure function: a worker thread may build
+    them ahead of the audio).
+
+    harmonics : shape (V, N_HARMONICS) linear amplitude; freq : shape (V,) cycles per frame.
+    Returns shape (V, TABLE_SIZE + 1) float32 (the last point repeats the first, for lookup).
+    """
+    partial_freq = np.asarray(freq, np.float64)[:, None] * _HARMONIC_NUMBERS[None, :]
+    taper = np.clip((TAPER_END - partial_freq) / (TAPER_END - TAPER_START), 0.0, 1.0)
+    # Single precision is plenty for a float32 table and makes the FFT ~40% cheaper.
+    spectrum = np.zeros((len(partial_freq), TABLE_SIZE // 2 + 1), np.complex64)
+    spectrum[:, 1 : N_HARMONICS + 1] = _TABLE_SCALE * harmonics * taper
+    table = np.empty((len(partial_freq), TABLE_SIZE + 1), np.float32)
+    table[:, :TABLE_SIZE] = np.fft.irfft(spectrum, n=TABLE_SIZE, axis=1)
+    table[:, TABLE_SIZE] = table[:, 0]
+    return table
+
+
 def make_noise_bands(sample_rate: int, seed: int) -> np.ndarray:
     """Band-limited noise loops, shape (N_NOISE_BANDS, NOISE_LOOP_FRAMES), float32, unit RMS each.
 
@@ -132,25 +154,11 @@ class VoiceBank:
         self.use_kernel = kernel.KERNEL_AVAILABLE if use_kernel is None else (use_kernel and kernel.KERNEL_AVAILABLE)
         if self.use_kernel:
             kernel.warm_up()
-        self._harmonic_numbers = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
-        self._table_scale = -0.5j * TABLE_SIZE
 
     # ------------------------------------------------------------------ tables and envelopes
     def build_tables(self, harmonics: np.ndarray, freq: np.ndarray) -> np.ndarray:
-        """Wavetables for partial amplitudes at frequencies.
-
-        harmonics : shape (V, N_HARMONICS) linear amplitude; freq : shape (V,) cycles per frame.
-        Returns shape (V, TABLE_SIZE + 1) float32 (the last point repeats the first, for lookup).
-        """
-        partial_freq = freq[:, None] * self._harmonic_numbers[None, :]
-        taper = np.clip((TAPER_END - partial_freq) / (TAPER_END - TAPER_START), 0.0, 1.0)
-        # Single precision is plenty for a float32 table and makes the FFT ~40% cheaper.
-        spectrum = np.zeros((len(freq), TABLE_SIZE // 2 + 1), np.complex64)
-        spectrum[:, 1 : N_HARMONICS + 1] = self._table_scale * harmonics * taper
-        table = np.empty((len(freq), TABLE_SIZE + 1), np.float32)
-        table[:, :TABLE_SIZE] = np.fft.irfft(spectrum, n=TABLE_SIZE, axis=1)
-        table[:, TABLE_SIZE] = table[:, 0]
-        return table
+        """Wavetables for partial amplitudes at frequencies; see :func:`build_tables`."""
+        return build_tables(harmonics, freq)
 
     def retune_tables(self, slots: np.ndarray, freq: np.ndarray) -> np.ndarray:
         """Tables of ``slots`` at new frequencies ``freq``: only voices with a partial near Nyquist

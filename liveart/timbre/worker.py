@@ -9,7 +9,8 @@ slow decoder makes the sound lag, never stop. A note-on takes its first frame fr
 keeps for every timbre channel (all 128 notes x VELOCITY_LAYERS velocities at the channel's place),
 remade when a channel's place moves; the decoded frames take over from the next boundary on.
 
-Hand-over between the threads is by reference: the engine publishes a new request object, the
+The worker also builds the voices' wavetables (an inverse FFT each), so the audio thread only
+starts ramps. Hand-over between the threads is by reference: the engine publishes a new request object, the
 worker a new result object; neither holds a lock while the model runs. onnxruntime releases the GIL
 while it decodes.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..synth.bank import build_tables
 from .model import TimbreModel
 
 VELOCITY_LAYERS = np.array([24, 48, 72, 96, 120])
@@ -40,6 +42,7 @@ class Request:
     velocity: np.ndarray
     on_seconds: np.ndarray
     off_seconds: np.ndarray
+    freq: np.ndarray  # cycles per frame, for the wavetables
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Result:
     harmonics: np.ndarray
     noise: np.ndarray
     amp: np.ndarray
+    tables: np.ndarray  # the voices' wavetables, built here so the audio thread does not
 
 
 class TimbreWorker:
@@ -178,7 +182,8 @@ class TimbreWorker:
                                                       request.off_seconds, self.sample_rate)
                     if self.slowdown_seconds:
                         time.sleep(self.slowdown_seconds)
-                    self._result = Result(request.boundary, request.slots, request.t_on, h, noise, amp)
+                    tables = build_tables(h, request.freq)
+                    self._result = Result(request.boundary, request.slots, request.t_on, h, noise, amp, tables)
                     self.decode_seconds.append(time.perf_counter() - started)
                 if self._tables_behind() and time.perf_counter() - last_table >= TABLE_REFRESH_SECONDS:
                     self._make_tables(self._targets)  # a request arriving meanwhile waits one table

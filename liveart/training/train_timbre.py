@@ -126,8 +126,8 @@ class TrainResult:
     encoder: Path
 
 
-def train(data: TimbreDataset, config: TimbreConfig, out_dir: Path, seed: int = 1, max_epochs: int = 200,
-          patience: int = 20, max_minutes: float = 25.0, lr: float = 2e-3, threads: int = 2,
+def train(data: TimbreDataset, config: TimbreConfig, out_dir: Path, seed: int = 1, max_epochs: int = 300,
+          patience: int = 20, max_minutes: float = 28.0, lr: float = 2e-3, threads: int = 2,
           progress: bool = True, name: str = "timbre") -> TrainResult:
     from tqdm import tqdm
 
