@@ -662,3 +662,73 @@ def test_patch_check_asks_the_model_what_only_it_knows(tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
     for name in ("default", "timbre_morph", "timbre_xy"):
         assert main(["patches", "--check", name]) == 0
+
+
+def test_the_data_builder_renders_and_analyses_real_fluidsynth_notes():
+    from liveart.training import timbre_data as td
+    from liveart.training.fluid import FluidError, find_soundfont
+
+    try:
+        soundfont = str(find_soundfont())
+        notes = td._render_program((73, soundfont))
+    except FluidError as e:
+        pytest.skip(f"FluidSynth is not installed here: {e}")
+    assert len(notes) == len(td.PITCHES) * len(td.VELOCITIES), "a flute sounds at every rendered pitch"
+    by_key = {(n[1], n[2]): n for n in notes}
+    program, note, velocity, hold, db = by_key[(72, 80)]
+    assert db.shape[1] == fr.N_PARAMS and len(db) == int((hold + td.TAIL_SECONDS) * fr.ANALYSIS_RATE_HZ)
+    held = db[20 : int(hold * 100) - 5].astype(np.float64)
+    assert np.nanmedian(held[:, 0]) > np.nanmedian(held[:, 5]) + 10, "a flute's fundamental leads its 6th partial"
+    assert np.nanmedian(held[:, 0]) > -40 and np.nanmedian(db[-10:, 0]) < -80, "it sounds, then the release ends"
+    louder = np.nanmax(by_key[(72, 120)][4][:, 0].astype(np.float64))
+    assert louder > np.nanmax(held[:, 0]) + 3, "velocity 120 is louder than 80"
+
+
+def test_training_runs_end_to_end_on_a_small_set(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from liveart.training import timbre_data as td
+    from liveart.training.fluid import FluidError, find_soundfont
+    from liveart.training.timbre_model import TimbreConfig
+    from liveart.training.train_timbre import train
+
+    try:
+        soundfont = str(find_soundfont())
+    except FluidError as e:
+        pytest.skip(f"FluidSynth is not installed here: {e}")
+    notes = td._render_program((73, soundfont)) + td._render_program((42, soundfont))
+    levels = np.concatenate([n[4] for n in notes])
+    data = td.TimbreDataset(
+        levels=levels, offsets=np.concatenate([[0], np.cumsum([len(n[4]) for n in notes])]).astype(np.int64),
+        program=np.array([n[0] for n in notes], np.int16), note=np.array([n[1] for n in notes], np.int16),
+        velocity=np.array([n[2] for n in notes], np.int16), hold_seconds=np.array([n[3] for n in notes], np.float32),
+        split=np.array([td.split_of(n[0], n[1]) for n in notes], np.uint8))
+    result = train(data, TimbreConfig(latent=4, hidden=32, decoder_layers=2, encoder_hidden=32), tmp_path,
+                   max_epochs=10, threads=1, progress=False)
+    import json
+
+    history = json.loads((tmp_path / "timbre.train.json").read_text())["history"]
+    assert result.best_error_db < history[0]["valid_anchor_error_db"] - 1.0, "it learns"
+    assert result.decoder.exists() and result.encoder.exists() and (tmp_path / "timbre.pt").exists()
+    model = TimbreModel(result.decoder, device="cpu")
+    assert set(model.anchors) == {42, 73} and model.latent == 4
+    assert model.anchor("cello").shape == (4,)
+
+
+@needs_model
+def test_the_demo_morphs_its_flute_towards_the_choir_and_back(model):
+    from liveart.midi.files import read_midi_file
+
+    demo = Path(__file__).resolve().parent.parent / "liveart" / "data" / "demo.mid"
+    performance = read_midi_file(demo)
+    events = performance.to_events(SR)
+    swell = [e for e in events if e.kind == ev.CONTROL_CHANGE and e.channel == 0 and e.a == 1]
+    peak = next(e.frame for e in swell if e.b == 127)
+    engine = Engine(load_patch("default"), sample_rate=SR, timbre=model)
+    engine.schedule_many(events)
+    flute, choir = model.anchors[73], model.anchors[52]
+    engine.render(peak + SR // 2)  # just past the top of the swell
+    assert np.linalg.norm(engine.state.timbre_positions[0] - choir) < 0.05 * np.linalg.norm(choir - flute)
+    engine.render(swell[-1].frame + SR // 2 - engine.frame)  # the swell is over
+    assert np.linalg.norm(engine.state.timbre_positions[0] - flute) < 0.05 * np.linalg.norm(choir - flute)
+    assert np.allclose(engine.state.timbre_positions[1], model.anchors[68]), "the oboe stays an oboe"
