@@ -70,6 +70,9 @@ def plot_map(model, output: str | Path) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=parent)
         os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, not mkstemp's private 0600
         fig.savefig(tmp)
         os.replace(tmp, output)
     except OSError as e:

@@ -194,7 +194,8 @@ def build(soundfont: str | Path | None = None, workers: int | None = None, progr
     from .fluid import find_soundfont
 
     sf = str(find_soundfont(soundfont))
-    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = workers or min(cores, 8)
     jobs = [(p, sf) for p in PROGRAMS]
     notes = []
     with get_context("spawn").Pool(workers) as pool:
