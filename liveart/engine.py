@@ -39,6 +39,7 @@ from . import events as ev
 from .patch import CC_PARAMS, Patch
 from .synth import kernel
 from .synth.bank import FAR_FUTURE, TAPER_END, VoiceBank
+from .synth.presets import N_HARMONICS, N_NOISE_BANDS
 from .synth.presets import frame_for_note, frames_for_notes, preset_for_program
 from .timbre.frames import MAX_OFF_SECONDS
 
@@ -53,6 +54,10 @@ TIMBRE_RELEASE_SECONDS = 8.0  # long, so its curve barely colours the model's re
 # A released voice is faded out and freed once the model's level (FluidR3_GM's scale) is under
 # TIMBRE_SILENT_DB, or TIMBRE_SILENT_RANGE_DB under the voice's loudest, or its release has run past
 # what the model learnt (frames.MAX_OFF_SECONDS).
+# Decoding on the spot (offline), a voice's frames for this many control hops ahead are decoded in
+# one batched call, as they will be if nothing changes; a release, a new note in the slot or a move
+# of the channel's target discards them. Same frames, far fewer calls.
+TIMBRE_AHEAD_HOPS = 8
 TIMBRE_SILENT_DB = -80.0
 TIMBRE_SILENT_RANGE_DB = 60.0
 
@@ -172,6 +177,9 @@ class Engine:
         self._timbre_async = bool(getattr(self.timbre, "asynchronous", False))
         self._timbre_posted = -1
         self._timbre_applied = -1
+        self._place_version = np.zeros(16, np.int64)
+        # Frames decoded ahead, per slot: (t_on, released, place version, first boundary, h, noise, amp).
+        self._ahead: dict[int, tuple] = {}
         if self._timbre_async:
             self.timbre.start(self._glide.position, self.timbre_control.enabled)
         self._timbre_gain = TIMBRE_LEVEL * 10.0 ** (self.patch.timbre.gain_db / 20.0)
@@ -497,6 +505,7 @@ class Engine:
         """A channel's target moved at ``t``: with nothing of it sounding, it jumps there (silently);
         otherwise its voices glide. The worker remakes its onset table."""
         b = self.bank
+        self._place_version[channel] += 1  # frames decoded ahead for its voices are stale now
         if not np.any(self._timbre_voice & (b.t_end > t) & (b.channel == channel)):
             self._glide.snap(channel)
         if self._timbre_async:
@@ -514,6 +523,51 @@ class Engine:
         off = np.where(b.t_off[voices] < FAR_FUTURE, (t - b.t_off[voices]) / sr, -1.0)
         self.stats.timbre_frames += len(voices)
         return self.timbre.frames(z, b.note[voices], b.velocity[voices], on, off, sr, self._timbre_gain)
+
+    def _timbre_frames_ahead(self, t: int, voices: np.ndarray):
+        """The frames of ``voices`` at boundary ``t`` (decoding on the spot): from frames decoded
+        ahead where still valid, the rest decoded now for TIMBRE_AHEAD_HOPS boundaries in one call."""
+        b = self.bank
+        hop = self.hop_frames
+        k_ahead = TIMBRE_AHEAD_HOPS
+        n = len(voices)
+        harmonics = np.empty((n, N_HARMONICS), np.float32)
+        noise = np.empty((n, N_NOISE_BANDS), np.float32)
+        amp = np.empty(n, np.float32)
+        released = b.t_off[voices] < FAR_FUTURE
+        versions = self._place_version[b.channel[voices]]
+        missing = []
+        for i, slot in enumerate(voices.tolist()):
+            entry = self._ahead.get(slot)
+            if entry is not None:
+                t_on, was_released, version, first, h, nz, a = entry
+                k = (t - first) // hop
+                if (t_on == b.t_on[slot] and was_released == released[i] and version == versions[i]
+                        and 0 <= k < len(a)):
+                    harmonics[i], noise[i], amp[i] = h[k], nz[k], a[k]
+                    continue
+            missing.append(i)
+        if missing:
+            rows = np.asarray(missing)
+            slots = voices[rows]
+            boundaries = t + hop * np.arange(k_ahead)
+            sr = self.sample_rate
+            self._glide.advance(t)
+            z = np.stack([self._glide.predict(int(f)) for f in boundaries])  # (K, 16, latent)
+            z = z[:, b.channel[slots]].transpose(1, 0, 2).reshape(-1, z.shape[-1])
+            on = ((boundaries[None, :] - b.t_on[slots, None]) / sr).reshape(-1)
+            t_off = b.t_off[slots, None]
+            off = np.where(t_off < FAR_FUTURE, (boundaries[None, :] - t_off) / sr, -1.0).reshape(-1)
+            h, nz, a = self.timbre.frames(z, np.repeat(b.note[slots], k_ahead), np.repeat(b.velocity[slots], k_ahead),
+                                          on, off, sr, self._timbre_gain)
+            h = h.reshape(len(slots), k_ahead, -1)
+            nz = nz.reshape(len(slots), k_ahead, -1)
+            a = a.reshape(len(slots), k_ahead)
+            self.stats.timbre_frames += len(slots) * k_ahead
+            for j, (i, slot) in enumerate(zip(rows.tolist(), slots.tolist())):
+                self._ahead[slot] = (int(b.t_on[slot]), bool(released[i]), int(versions[i]), t, h[j], nz[j], a[j])
+                harmonics[i], noise[i], amp[i] = h[j, 0], nz[j, 0], a[j, 0]
+        return harmonics, noise, amp
 
     def _timbre_note_on(self, t: int, slot: int, channel: int, note: int, velocity: int, f0: float, freq: float,
                         ch: ChannelState) -> None:
@@ -550,7 +604,7 @@ class Engine:
         else:
             voices = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
             if len(voices):
-                harmonics, noise, amp = self._timbre_frames(t, voices)
+                harmonics, noise, amp = self._timbre_frames_ahead(t, voices)
         if len(voices) == 0:
             return
         b.harmonics[voices] = harmonics

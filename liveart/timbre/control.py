@@ -140,8 +140,10 @@ class Glide:
     def predict(self, frame: int) -> np.ndarray:
         """Where the positions will be at ``frame`` if no target moves meanwhile (nothing changes)."""
         dt = frame - self.frame
-        if dt <= 0 or self.tau <= 0:
-            return self.targets.copy() if dt > 0 else self.position.copy()
+        if self.tau <= 0:
+            return self.targets.copy()
+        if dt <= 0:
+            return self.position.copy()
         return self.targets + (self.position - self.targets) * math.exp(-dt / self.tau)
 
     def advance(self, frame: int) -> np.ndarray:
