@@ -1,0 +1,83 @@
+"""The visualizer's image generator (torch): a DCGAN-class network trained as a GAN.
+
+- Generator: z (Z_DIM) → 4x4x(8c) → five stride-2 transposed convolutions (each upsample x2 with
+  batch norm and ReLU) → 128x128 RGB in -1..1 (tanh). With c = 32 it has about 3.8 M parameters,
+  the size of the field notes' speed anchor.
+- Discriminator: the mirror image with spectral normalisation and leaky ReLU, hinge loss.
+- The exported graph (:class:`GeneratorExport`) adds the display step: a bicubic resize from the
+  training size to the shown size (512 by default) and a clamp to 0..1, so the measured pipeline
+  is the whole path from latent to the pixels shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+Z_DIM = 128
+
+
+@dataclass
+class GanConfig:
+    z_dim: int = Z_DIM
+    base: int = 32  # channels at 128x128; 8x base at 4x4
+    size: int = 128
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Generator(nn.Module):
+    def __init__(self, config: GanConfig):
+        super().__init__()
+        c = config.base
+        self.config = config
+        widths = [8 * c, 8 * c, 4 * c, 2 * c, c, c]  # 4, 8, 16, 32, 64, 128
+        self.project = nn.Sequential(nn.Linear(config.z_dim, widths[0] * 16), nn.BatchNorm1d(widths[0] * 16), nn.ReLU())
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+        layers += [nn.Conv2d(widths[-1], 3, 3, 1, 1), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+        self.widths = widths
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.project(z).view(z.shape[0], self.widths[0], 4, 4)
+        return self.body(x)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: GanConfig):
+        super().__init__()
+        c = config.base
+        sn = nn.utils.spectral_norm
+        widths = [3, c, 2 * c, 4 * c, 8 * c, 8 * c]  # 128 → 64 → 32 → 16 → 8 → 4
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        self.head = sn(nn.Linear(widths[-1] * 16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1)).squeeze(1)
+
+
+class GeneratorExport(nn.Module):
+    """z (B, z_dim) → image (B, 3, shown, shown) in 0..1: the generator, a bicubic resize, a clamp."""
+
+    def __init__(self, generator: Generator, shown: int = 512):
+        super().__init__()
+        self.generator = generator
+        self.shown = shown
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.generator(z)
+        if self.shown != x.shape[-1]:
+            x = nn.functional.interpolate(x, size=(self.shown, self.shown), mode="bicubic", align_corners=False)
+        return torch.clamp(x * 0.5 + 0.5, 0.0, 1.0)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
