@@ -143,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", metavar="DIR", default="models",
                     help="where the checkpoint and ONNX go (default models: replaces the shipped model)")
     tt.add_argument("--name", metavar="NAME", default="timbre", help="file name stem (default timbre)")
+    tv = tsub.add_parser("visual", help="the visualizer's GAN generator (Debian wallpapers) — work in progress")
+    tv.add_argument("--minutes", type=_positive_float, default=60.0, metavar="M", help="time budget (default 60)")
+    tv.add_argument("--base", type=_positive_int, default=32, metavar="C", help="channels at 128x128 (default 32)")
+    tv.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="random seed (default 1)")
+    tv.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (default 2)")
+    tv.add_argument("--resume", action="store_true", help="go on from the last checkpoint in --out")
+    tv.add_argument("--data", metavar="PATH", default=".cache/visual-dataset-v1.npz",
+                    help="the cached wallpapers; built from the Debian packages when missing")
+    tv.add_argument("--out", metavar="DIR", default="models", help="where the checkpoints and ONNX go (default models)")
+    tv.add_argument("--name", metavar="NAME", default="visual", help="file name stem (default visual)")
 
     tb = sub.add_parser("timbre", help="the timbre space: its anchors and a map",
                         description="Look at the timbre model's latent space.")
@@ -332,6 +342,8 @@ def _train(args) -> int:
         raise LiveartError(f"training needs the train extra ({e.name} is missing): pip install 'liveart[train]'") from None
     if args.what == "timbre":
         return _train_timbre(args)
+    if args.what == "visual":
+        return _train_visual(args)
 
     from .training.melody_data import build_dataset
     from .training.melody_model import MelodyConfig
@@ -360,6 +372,22 @@ def _timbre(args) -> int:
 
     path = plot_map(model, args.output)
     print(f"wrote {path}")
+    return 0
+
+
+def _train_visual(args) -> int:
+    from pathlib import Path
+
+    from .training.train_visual import train
+    from .training.visual_data import load_or_build
+    from .training.visual_model import GanConfig
+
+    data = load_or_build(Path(args.data))
+    print(f"{len(data.images)} wallpapers", flush=True)
+    result = train(data, GanConfig(base=args.base), Path(args.out), seed=args.seed, minutes=args.minutes,
+                   threads=args.threads, resume=args.resume, name=args.name)
+    print(f"trained the generator: {result.steps} steps, best SWD x1000 {result.best_swd:.1f} (blurred crops "
+          f"{result.blurred_swd:.1f}) in {result.seconds / 60:.1f} min; wrote {result.onnx}")
     return 0
 
 

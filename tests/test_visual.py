@@ -29,16 +29,23 @@ def test_sliced_wasserstein_orders_copies_blur_and_noise():
     assert swd.sliced_wasserstein(a, a)[0] < same, "a set against itself is closest (up to patch sampling)"
 
 
-def test_random_crops_are_the_size_asked_in_range_and_flipped():
-    from liveart.training.visual_data import VisualDataset, random_crops
+def test_random_crops_are_the_size_asked_in_range_flipped_and_keep_to_their_region():
+    from liveart.training import visual_data as vd
 
     ramp = np.tile(np.linspace(0, 255, 200, dtype=np.float32)[None, :, None], (120, 1, 3)).astype(np.uint8)
-    data = VisualDataset(["a", "b"], [ramp, ramp.copy()], np.array([False, True]))
-    crops = random_crops(data, data.indices(False), 64, 32, np.random.default_rng(0))
-    assert crops.shape == (64, 3, 32, 32) and crops.dtype == np.float32
-    assert crops.min() >= -1.0 and crops.max() <= 1.0
-    slopes = np.sign(crops[:, 0, 16, -1] - crops[:, 0, 16, 0])
+    data = vd.VisualDataset(["a"], [ramp])
+    rng = np.random.default_rng(0)
+    train = vd.random_crops(data, "train", 64, 32, rng)
+    held = vd.random_crops(data, "eval", 64, 32, rng)
+    assert train.shape == (64, 3, 32, 32) and train.dtype == np.float32
+    assert train.min() >= -1.0 and train.max() <= 1.0
+    slopes = np.sign(train[:, 0, 16, -1] - train[:, 0, 16, 0])
     assert 10 < np.sum(slopes > 0) < 54, "about half the crops are mirrored"
+    # The ramp's value says where a pixel came from: training crops never reach the held-out band.
+    cut = 255 * (1 - vd.HELD_OUT_BAND) / 127.5 - 1.0
+    assert train.max() <= cut + 0.02 and held.min() >= cut - 0.02
+    assert vd.region((120, 200, 3), "train")[3] == vd.region((120, 200, 3), "eval")[2]
+    assert vd.region((300, 100, 3), "eval")[0] == 180, "a portrait image keeps its bottom band"
 
 
 def test_generator_export_matches_torch_and_shows_512(tmp_path):
@@ -60,3 +67,29 @@ def test_generator_export_matches_torch_and_shows_512(tmp_path):
     assert got.shape == (2, 3, 512, 512) and got.min() >= 0.0 and got.max() <= 1.0
     assert np.max(np.abs(got - want)) <= 1e-4
     assert parameter_count(Generator(GanConfig())) > 2_000_000
+
+
+def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from liveart.training import visual_data as vd
+    from liveart.training.train_visual import train
+    from liveart.training.visual_model import GanConfig
+
+    rng = np.random.default_rng(0)
+    images = [(np.clip(_textures(1, i, 256)[0].transpose(1, 2, 0), -1, 1) * 127.5 + 127.5).astype(np.uint8)
+              for i in range(3)]
+    data = vd.VisualDataset(["a", "b", "c"], images)
+    config = GanConfig(base=4)
+    first = train(data, config, tmp_path, minutes=0.05, threads=1, progress=False, eval_every=2, eval_images=16,
+                  batch=4)
+    assert first.steps >= 2 and np.isfinite(first.best_swd) and np.isfinite(first.blurred_swd)
+    again = train(data, config, tmp_path, minutes=0.1, threads=1, resume=True, progress=False, eval_every=2,
+                  eval_images=16, batch=4)
+    assert again.steps > first.steps, "it went on from the last checkpoint"
+    session = ort.InferenceSession(str(again.onnx), providers=["CPUExecutionProvider"])
+    image = session.run(None, {"z": rng.standard_normal((1, 128)).astype(np.float32)})[0]
+    assert image.shape == (1, 3, 512, 512) and 0.0 <= image.min() and image.max() <= 1.0
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["kind"] == "liveart-visual-generator" and meta["shown_size"] == "512"

@@ -1,0 +1,154 @@
+"""Train the visualizer's generator as a GAN on wallpaper crops; keep the best by SWD; export ONNX.
+
+    liveart train visual --minutes 60 --seed 1 --out models
+
+Hinge loss, Adam (2e-4, betas 0 and 0.99) for both networks, one discriminator step per generator
+step, batch BATCH of random training-region crops at 128x128 (flipped at random). An exponential
+moving average of the generator's weights (EMA_DECAY) is what is evaluated and exported. Every
+EVAL_EVERY steps: the sliced Wasserstein distance (x 1000) between EVAL_IMAGES samples of the EMA
+generator and as many crops of the held-out regions (fixed), beside the blurred-crops baseline;
+the best checkpoint is kept and training can resume from the last one (``--resume``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import swd
+from .visual_data import VisualDataset, random_crops
+from .visual_model import Discriminator, GanConfig, Generator, GeneratorExport, parameter_count
+
+BATCH = 32
+EMA_DECAY = 0.999
+EVAL_EVERY = 250
+EVAL_IMAGES = 256
+ONNX_OPSET = 17
+MODEL_KIND = "liveart-visual-generator"
+SHOWN_SIZE = 512
+
+
+@dataclass
+class VisualTrainResult:
+    steps: int
+    best_swd: float
+    blurred_swd: float
+    seconds: float
+    onnx: Path
+
+
+@torch.no_grad()
+def sample(g: Generator, count: int, seed: int) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(0, count, 64):
+        z = torch.randn(min(64, count - k), g.config.z_dim, generator=gen)
+        out.append(g(z).numpy())
+    return np.concatenate(out)
+
+
+def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, minutes: float = 60.0,
+          threads: int = 2, resume: bool = False, progress: bool = True, name: str = "visual",
+          eval_every: int = EVAL_EVERY, eval_images: int = EVAL_IMAGES, batch: int = BATCH) -> VisualTrainResult:
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / f"{name}.last.pt", out_dir / f"{name}.pt"
+    g, d = Generator(config), Discriminator(config)
+    g_ema = copy.deepcopy(g).eval()
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
+    step, best, history, spent = 0, math.inf, [], 0.0
+    if resume and last_path.exists():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            module.load_state_dict(ckpt[key])
+        step, best, history, spent = ckpt["step"], ckpt["best"], ckpt["history"], ckpt["seconds"]
+        rng = np.random.default_rng(seed + step)
+    eval_real = random_crops(data, "eval", eval_images, config.size, np.random.default_rng(12345))
+    blurred_swd = swd.sliced_wasserstein(swd.blurred(random_crops(data, "eval", eval_images, config.size,
+                                                                  np.random.default_rng(54321)), 1), eval_real)[0]
+    started = time.monotonic() - spent
+    bar = tqdm(disable=not progress, desc=name, unit="step", initial=step)
+    while time.monotonic() - started < minutes * 60:
+        real = torch.from_numpy(random_crops(data, "train", batch, config.size, rng))
+        z = torch.randn(batch, config.z_dim)
+        with torch.no_grad():
+            fake = g(z)
+        loss_d = nn.functional.relu(1.0 - d(real)).mean() + nn.functional.relu(1.0 + d(fake)).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = -d(g(torch.randn(batch, config.z_dim))).mean()
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        with torch.no_grad():
+            for pe, p in zip(g_ema.parameters(), g.parameters()):
+                pe.lerp_(p, 1.0 - EMA_DECAY)
+            for be, b in zip(g_ema.buffers(), g.buffers()):
+                be.copy_(b)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{loss_g.item():.3f}")
+        if step % eval_every == 0:
+            distance = swd.sliced_wasserstein(sample(g_ema, eval_images, seed), eval_real)[0]
+            elapsed = time.monotonic() - started
+            history.append({"step": step, "swd": round(distance, 2), "minutes": round(elapsed / 60, 2)})
+            if progress:
+                print(f"{name} step {step}: SWD x1000 {distance:.1f} (blurred crops {blurred_swd:.1f}), "
+                      f"{elapsed / 60:.1f} min", flush=True)
+            state = {"config": config.to_dict(), "seed": seed, "step": step, "history": history, "seconds": elapsed}
+            if distance < best:
+                best = distance
+                tmp = best_path.with_name(best_path.name + ".part")
+                torch.save({**state, "g_ema": g_ema.state_dict(), "swd": distance}, tmp)
+                tmp.replace(best_path)
+            tmp = last_path.with_name(last_path.name + ".part")
+            torch.save({**state, "best": best, "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, tmp)
+            tmp.replace(last_path)
+    bar.close()
+    if not best_path.exists():  # the budget ended before the first evaluation
+        torch.save({"config": config.to_dict(), "seed": seed, "step": step, "history": history,
+                    "g_ema": g_ema.state_dict(), "swd": math.inf}, best_path)
+    onnx_path = out_dir / f"{name}-generator.onnx"
+    export_onnx(best_path, onnx_path)
+    meta = {"config": config.to_dict(), "seed": seed, "steps": step, "best_swd": best, "blurred_swd": blurred_swd,
+            "history": history, "parameters": {"generator": parameter_count(g), "discriminator": parameter_count(d)},
+            "minutes": (time.monotonic() - started) / 60, "batch": batch}
+    (out_dir / f"{name}.train.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return VisualTrainResult(step, best, blurred_swd, time.monotonic() - started, onnx_path)
+
+
+def export_onnx(checkpoint: Path, path: Path, shown: int = SHOWN_SIZE) -> None:
+    import onnx
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    g = Generator(GanConfig(**ckpt["config"]))
+    g.load_state_dict(ckpt["g_ema"])
+    net = GeneratorExport(g.eval(), shown).eval()
+    tmp = path.with_name(path.name + ".part")
+    z = torch.zeros(1, g.config.z_dim)
+    torch.onnx.export(net, (z,), str(tmp), input_names=["z"], output_names=["image"], opset_version=ONNX_OPSET,
+                      dynamo=False, dynamic_axes={"z": {0: "batch"}, "image": {0: "batch"}})
+    model = onnx.load(str(tmp))
+    for k, v in {"kind": MODEL_KIND, "z_dim": g.config.z_dim, "trained_size": g.config.size, "shown_size": shown,
+                 "swd": f"{ckpt.get('swd', float('nan')):.2f}", "step": ckpt["step"], "seed": ckpt["seed"],
+                 "parameters": parameter_count(g)}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, str(v)
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
