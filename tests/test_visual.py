@@ -93,3 +93,77 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
     assert image.shape == (1, 3, 512, 512) and 0.0 <= image.min() and image.max() <= 1.0
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["kind"] == "liveart-visual-generator" and meta["shown_size"] == "512"
+
+
+def _drive(events, seconds=6.0, fps=30, seed=0, settings=None):
+    from liveart.visual.driver import Driver, DriverSettings
+
+    driver = Driver(settings or DriverSettings(), z_dim=128, seed=seed)
+    events = sorted(events)
+    out, i = [], 0
+    for k in range(int(seconds * fps)):
+        t = k / fps
+        while i < len(events) and events[i][0] <= t:
+            driver.onset(events[i][0], events[i][1], events[i][2])
+            driver.level(events[i][0], 0.1 * events[i][2] / 127)
+            i += 1
+        out.append(driver.frame(t))
+    return np.array(out)
+
+
+def _melody(n=24, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(0.25 * k + 0.01, int(rng.integers(55, 80)), int(rng.integers(60, 120))) for k in range(n)]
+
+
+def test_the_driver_is_deterministic_and_causal():
+    events = _melody()
+    a, b = _drive(events), _drive(events)
+    assert np.array_equal(a, b), "same events and seed, same latents"
+    assert not np.allclose(_drive(events, seed=1), a), "another seed, another picture"
+    # Change the future: frames before the change do not move.
+    later = [e if e[0] < 3.0 else (e[0], e[1] + 5, e[2]) for e in events]
+    c = _drive(later)
+    cut = int(3.0 * 30)
+    assert np.array_equal(a[:cut], c[:cut]) and not np.allclose(a[cut + 1 :], c[cut + 1 :])
+
+
+def test_onsets_move_the_picture_within_a_frame():
+    """Visual change correlates with onsets: the largest cross-correlation between onset impulses
+    and frame-to-frame latent change is at a lag of at most one frame."""
+    fps = 30
+    events = [(0.5 * k + 0.2, 60 + (k * 5) % 12, 110) for k in range(10)]
+    z = _drive(events, seconds=6.0, fps=fps)
+    change = np.linalg.norm(np.diff(z, axis=0), axis=1)
+    impulses = np.zeros(len(change))
+    for t, _, _ in events:
+        impulses[int(np.ceil(t * fps)) - 1] = 1.0
+    change = (change - change.mean()) / change.std()
+    lags = range(0, 6)
+    xc = [np.dot(impulses[: len(change) - lag], change[lag:]) for lag in lags]
+    assert int(np.argmax(xc)) <= 1
+    assert max(xc) > 2.0 * len(events), "an onset frame's change stands out (z-score above 2 on average)"
+
+
+def test_the_driver_normalises_loudness_causally_and_refuses_time_travel():
+    """The same performance 20 dB quieter moves the picture the same once the running statistics
+    have settled: loudness counts relative to the piece so far, never to the whole piece."""
+    from liveart.visual.driver import Driver, DriverSettings
+
+    rng = np.random.default_rng(4)
+    levels = 0.05 * (1.2 + np.sin(np.arange(600) / 15.0)) * rng.uniform(0.8, 1.2, 600)
+    loud, quiet = Driver(DriverSettings(), z_dim=16), Driver(DriverSettings(), z_dim=16)
+    values = []
+    for k, rms in enumerate(levels):
+        t = k / 30
+        loud.level(t, rms)
+        quiet.level(t, rms * 0.1)
+        values.append((loud.level_value, quiet.level_value, loud.level_db - quiet.level_db))
+    values = np.array(values)
+    assert np.allclose(values[300:, 2], 20.0, atol=0.01), "the raw levels differ by 20 dB"
+    assert np.max(np.abs(values[300:, 0] - values[300:, 1])) < 0.05, "the normalised ones agree"
+    assert np.std(values[300:, 0]) > 0.3, "and they still move with the music"
+    driver = Driver(DriverSettings(), z_dim=16)
+    driver.frame(1.0)
+    with pytest.raises(ValueError, match="time order"):
+        driver.onset(0.5, 60, 100)
