@@ -139,7 +139,7 @@ def export_onnx(checkpoint: Path, path: Path, shown: int = SHOWN_SIZE) -> None:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     g = Generator(GanConfig(**ckpt["config"]))
     g.load_state_dict(ckpt["g_ema"])
-    net = GeneratorExport(g.eval(), shown).eval()
+    net = GeneratorExport(g.eval()).eval()
     tmp = path.with_name(path.name + ".part")
     z = torch.zeros(1, g.config.z_dim)
     torch.onnx.export(net, (z,), str(tmp), input_names=["z"], output_names=["image"], opset_version=ONNX_OPSET,
