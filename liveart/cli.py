@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let the melody model continue the piece for this many bars after it ends")
     r.add_argument("--midi-out", metavar="OUT.mid", default=None,
                    help="also write the MIDI that was played (with the model's part) to this file")
+    r.add_argument("--video", metavar="OUT.mp4", default=None,
+                   help="also write a video in sync (work in progress: needs --visual-model)")
+    r.add_argument("--fps", type=_positive_float, default=30.0, metavar="F", help="video frames a second (default 30)")
+    r.add_argument("--size", type=_positive_int, default=512, metavar="PX", help="video size in pixels (default 512)")
+    r.add_argument("--visual-model", metavar="PATH", default=None, help="the generator (.onnx) for --video")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="where the timbre decoder runs (default: the patch's, auto: CUDA when it truly works)")
     _melody_options(r, modes=False)
@@ -290,7 +295,8 @@ def _render(args) -> int:
     report = render(args.midi, args.output, patch=patch, sample_rate=args.sample_rate,
                     block_frames=args.block, seed=args.seed or 0, audio_format=args.audio_format,
                     max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty(),
-                    melody=melody, midi_out=args.midi_out)
+                    melody=melody, midi_out=args.midi_out, video=args.video, fps=args.fps, video_size=args.size,
+                    visual_model=args.visual_model, visual_seed=args.seed or 0)
     if report.gain_db < 0:
         print(f"liveart: note: the mix peaked at {report.peak:.2f}; scaled by {report.gain_db:.1f} dB so it "
               f"does not clip", file=sys.stderr)

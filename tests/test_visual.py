@@ -172,3 +172,80 @@ def test_the_driver_normalises_loudness_causally_and_refuses_time_travel():
     driver.frame(1.0)
     with pytest.raises(ValueError, match="time order"):
         driver.onset(0.5, 60, 100)
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from pathlib import Path
+
+    from liveart.training.train_visual import export_onnx
+    from liveart.training.visual_model import GanConfig, Generator
+
+    d = tmp_path_factory.mktemp("gen")
+    torch.manual_seed(0)
+    g = Generator(GanConfig(base=4)).eval()
+    torch.save({"config": GanConfig(base=4).to_dict(), "g_ema": g.state_dict(), "step": 0, "seed": 0}, d / "g.pt")
+    export_onnx(d / "g.pt", d / "g.onnx")
+    return Path(d / "g.onnx")
+
+
+def _probe(path):
+    import json
+    import subprocess
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                          "stream=codec_type,nb_read_frames,duration,width,height", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+def test_render_writes_a_synced_video_with_the_audio(tmp_path, tiny_generator):
+    import shutil
+
+    import mido
+    import soundfile
+
+    from liveart.cli import main
+
+    from .conftest import write_midi
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed here")
+    msgs = [mido.Message("program_change", program=73, time=0)]
+    for k in range(6):
+        msgs += [mido.Message("note_on", note=60 + 2 * k, velocity=100, time=0 if k == 0 else 120),
+                 mido.Message("note_off", note=60 + 2 * k, velocity=0, time=240)]
+    path = write_midi(tmp_path / "tune.mid", [msgs], midi_type=0)
+    assert main(["render", str(path), "-o", str(tmp_path / "t.wav"), "--video", str(tmp_path / "t.mp4"),
+                 "--visual-model", str(tiny_generator), "--fps", "25", "--size", "256", "-q"]) == 0
+    audio, sr = soundfile.read(tmp_path / "t.wav")
+    seconds = len(audio) / sr
+    streams = _probe(tmp_path / "t.mp4")
+    video, sound = streams["video"], streams["audio"]
+    assert int(video["width"]) == int(video["height"]) == 256
+    assert int(video["nb_read_frames"]) == int(np.ceil(seconds * 25 - 1e-9)), "duration x fps frames"
+    assert float(sound["duration"]) == pytest.approx(seconds, abs=0.05), "the rendered audio, all of it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mp4", "t.wav", "tune.mid"], "no temporary files left"
+
+
+def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, capsys):
+    import mido
+
+    from liveart.cli import main
+
+    from .conftest import write_midi
+
+    path = write_midi(tmp_path / "n.mid", [[mido.Message("note_on", note=60, velocity=100, time=0),
+                                            mido.Message("note_off", note=60, velocity=0, time=480)]], midi_type=0)
+    for extra, message in ((["--video", str(tmp_path / "v.avi"), "--visual-model", str(tiny_generator)], ".mp4"),
+                           (["--video", str(tmp_path / "v.mp4")], "no visual model ships yet"),
+                           (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tmp_path / "none.onnx")],
+                            "no such model file"),
+                           (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tiny_generator), "--fps", "500"],
+                            "--fps")):
+        assert main(["render", str(path), "-o", str(tmp_path / "n.wav"), *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["n.mid"]

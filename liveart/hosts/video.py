@@ -1,0 +1,100 @@
+"""Offline video: frame k of the video is computed from the musical state at exactly k / fps seconds.
+
+The offline host renders the audio in blocks that end on video-frame times; after each block the
+driver (:mod:`liveart.visual.driver`) hears what the engine played in it (onsets at their frames,
+the block's loudness, the timbre places) and gives the latent of the next frame. The generator turns
+the latents into pictures, and ffmpeg (the Debian program) encodes them with the rendered audio
+into an MP4, written beside the target and renamed over it when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OutputError, RenderError
+from ..visual.driver import Driver, DriverSettings
+
+VIDEO_SUFFIXES = (".mp4",)
+GENERATOR_BATCH = 8
+
+
+class FrameClock:
+    """Video-frame boundaries in audio frames: frame k shows the state at round(k * sr / fps)."""
+
+    def __init__(self, sample_rate: int, fps: float):
+        if not (1.0 <= fps <= 120.0):
+            raise RenderError(f"--fps {fps:g} is not allowed; use 1 to 120")
+        self.sample_rate = sample_rate
+        self.fps = fps
+
+    def boundary(self, k: int) -> int:
+        return int(round(k * self.sample_rate / self.fps))
+
+    def count(self, frames: int) -> int:
+        """Video frames covering ``frames`` audio frames."""
+        return max(1, int(math.ceil(frames * self.fps / self.sample_rate - 1e-9)))
+
+
+class LatentRecorder:
+    """Feeds the driver after each rendered block and records one latent per video frame."""
+
+    def __init__(self, clock: FrameClock, z_dim: int, settings: DriverSettings | None = None, seed: int = 0):
+        self.clock = clock
+        self.driver = Driver(settings or DriverSettings(), z_dim, seed)
+        self.latents: list[np.ndarray] = [self.driver.frame(0.0)]  # frame 0: nothing heard yet
+
+    def after_block(self, state) -> None:
+        """Call after the block that ends on video frame len(latents)'s boundary."""
+        sr = self.clock.sample_rate
+        for frame, channel, note, velocity in state.onsets:
+            if channel != 9:  # percussion has no pitch class
+                self.driver.onset(frame / sr, note, velocity)
+        end = (state.block_start + state.block_frames) / sr
+        self.driver.level(end, state.rms)
+        positions = getattr(state, "timbre_positions", None)
+        if positions is not None:
+            self.driver.timbre(end, positions.mean(axis=0))
+        self.latents.append(self.driver.frame(len(self.latents) / self.clock.fps))
+
+
+def check_video_output(path: Path) -> None:
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise OutputError(f"{path}: the video must end in .mp4")
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write there")
+    if shutil.which("ffmpeg") is None:
+        raise RenderError("--video needs the ffmpeg program; install the Debian package ffmpeg (scripts/setup.sh does)")
+
+
+def encode(latents: np.ndarray, generator, fps: float, audio_path: str, out_temp: str, progress: bool = False) -> None:
+    """Generate every frame and encode them with the audio into ``out_temp`` (an MP4)."""
+    size = generator.shown
+    command = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{size}x{size}", "-r", f"{fps:g}", "-i", "-", "-i", audio_path,
+               "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+               "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k", "-f", "mp4", out_temp]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for k in range(0, len(latents), GENERATOR_BATCH):
+            proc.stdin.write(generator.images(latents[k : k + GENERATOR_BATCH]).tobytes())
+        proc.stdin.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0:
+            raise OutputError(f"ffmpeg could not write the video ({err.splitlines()[-1] if err else 'no message'})")
+    except BrokenPipeError:
+        proc.wait()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        raise OutputError(f"ffmpeg stopped while writing the video ({err.splitlines()[-1] if err else 'no message'})")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
