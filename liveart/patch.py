@@ -65,6 +65,9 @@ DEFAULT_CC = ((7, "volume"), (10, "pan"), (11, "expression"), (74, "brightness")
 
 CHANNEL_KEYS = ("preset", "timbre", "follow_program", "volume", "pan", "brightness", "noise")
 TIMBRE_KEYS = ("model", "device", "smoothing_ms", "gain_db", "position", "morph", "xy", "dim")
+# The visualizer's driver: weights of each musical influence and its times (see liveart.visual.driver).
+VISUAL_KEYS = ("seed", "pulse", "pulse_seconds", "chroma", "contour", "loudness", "timbre", "drift", "drift_hz",
+               "smoothing_seconds")
 TIMBRE_DEVICES = ("auto", "cpu", "cuda")
 PRESET_KEYS = ("base", "harmonics", "attack", "decay", "sustain", "release", "gain", "noise",
                "noise_centre", "noise_width", "velocity_brightness")
@@ -122,6 +125,7 @@ class Patch:
     cc: tuple[CCMapping, ...] = ()
     melody: "MelodyPatch" = None  # type: ignore[assignment]
     timbre: "TimbrePatch" = None  # type: ignore[assignment]
+    visual: dict = field(default_factory=dict)  # DriverSettings fields (and "seed") the patch sets
 
     def __post_init__(self):
         if self.melody is None:
@@ -285,9 +289,9 @@ def load_patch(name_or_path: str | Path | None = None) -> Patch:
 def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
     check = _Checker(source)
     for key in data:
-        if key not in ("name", "description", "audio", "channels", "presets", "cc", "melody", "timbre"):
+        if key not in ("name", "description", "audio", "channels", "presets", "cc", "melody", "timbre", "visual"):
             raise check.fail(key, data[key], "no such key; top-level keys are name, description, audio, channels, "
-                                             "presets, cc, melody, timbre")
+                                             "presets, cc, melody, timbre, visual")
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str):
         raise check.fail("name", name, "a string")
@@ -386,7 +390,22 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
         if number not in mapped and number not in timbre.controls():
             low, high = CC_PARAMS[param]
             mappings.append(CCMapping(number, param, low, high, None))
-    return Patch(name, source, audio, channels, presets, tuple(mappings), _melody(check, data), timbre)
+    return Patch(name, source, audio, channels, presets, tuple(mappings), _melody(check, data), timbre,
+                 _visual(check, data))
+
+
+def _visual(check: _Checker, data: dict) -> dict:
+    v = check.table(data, "visual", VISUAL_KEYS)
+    out: dict = {}
+    limits = {"pulse": (0.0, 10.0), "pulse_seconds": (0.01, 10.0), "chroma": (0.0, 10.0), "contour": (0.0, 10.0),
+              "loudness": (0.0, 10.0), "timbre": (0.0, 10.0), "drift": (0.0, 10.0), "drift_hz": (0.0, 5.0),
+              "smoothing_seconds": (0.0, 10.0)}
+    for key, (low, high) in limits.items():
+        if key in v:
+            out[key] = check.number(v, key, 0.0, low, high, "visual.")
+    if "seed" in v:
+        out["seed"] = check.integer(v, "seed", 0, 0, 2**31 - 1, "visual.")
+    return out
 
 
 def _anchor(check: _Checker, value, where: str) -> int:

@@ -249,3 +249,16 @@ def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, c
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["n.mid"]
+
+
+def test_a_patch_sets_the_driver_and_bad_values_fail_with_the_key():
+    from liveart.errors import PatchError
+    from liveart.patch import patch_from_dict
+    from liveart.visual.driver import DriverSettings
+
+    patch = patch_from_dict({"visual": {"pulse": 1.5, "smoothing_seconds": 0.2, "seed": 7}})
+    assert patch.visual == {"pulse": 1.5, "smoothing_seconds": 0.2, "seed": 7}
+    assert DriverSettings(**{k: v for k, v in patch.visual.items() if k != "seed"}).pulse == 1.5
+    for bad, message in (({"pulse": -1}, "visual.pulse"), ({"wobble": 1}, "visual.wobble"), ({"seed": 1.5}, "visual.seed")):
+        with pytest.raises(PatchError, match=message):
+            patch_from_dict({"visual": bad})

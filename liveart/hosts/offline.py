@@ -155,7 +155,10 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         if video is not None:
             from .video import LatentRecorder
 
-            recorder = LatentRecorder(clock, generator.z_dim, seed=visual_seed)
+            from ..visual.driver import DriverSettings
+
+            settings = DriverSettings(**{k: v for k, v in patch.visual.items() if k != "seed"})
+            recorder = LatentRecorder(clock, generator.z_dim, settings, seed=patch.visual.get("seed", visual_seed))
             peak = _render_frames(engine, mix, clock, recorder, progress, sample_rate)
         else:
             peak = _render_blocks(engine, mix, block_frames, progress, sample_rate)
