@@ -1,6 +1,7 @@
 """The visualizer's images: wallpapers that ship in Debian packages, scaled, split by wallpaper, cached.
 
-Sources (installed by ``scripts/setup.sh``; nothing is downloaded by liveart):
+Sources (``apt-get install gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers``; only
+training needs them, so ``scripts/setup.sh`` does not install them; nothing is downloaded by liveart):
 
 - ``gnome-backgrounds``: /usr/share/backgrounds/gnome (light and dark variants of one design are
   one wallpaper);
@@ -112,8 +113,8 @@ def build(roots=ROOTS) -> VisualDataset:
     if not wallpapers:
         from ..errors import LiveartError
 
-        raise LiveartError("no wallpapers found; install the Debian packages gnome-backgrounds, mate-backgrounds and "
-                           "plasma-workspace-wallpapers (scripts/setup.sh does)")
+        raise LiveartError("no wallpapers found; install them: sudo apt-get install gnome-backgrounds mate-backgrounds "
+                           "plasma-workspace-wallpapers")
     images, names = [], []
     for w in wallpapers:
         try:
