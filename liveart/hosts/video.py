@@ -52,14 +52,16 @@ class LatentRecorder:
     def after_block(self, state) -> None:
         """Call after the block that ends on video frame len(latents)'s boundary."""
         sr = self.clock.sample_rate
+        played = set()
         for frame, channel, note, velocity in state.onsets:
             if channel != 9:  # percussion has no pitch class
                 self.driver.onset(frame / sr, note, velocity)
+                played.add(channel)
         end = (state.block_start + state.block_frames) / sr
         self.driver.level(end, state.rms)
         positions = getattr(state, "timbre_positions", None)
-        if positions is not None:
-            self.driver.timbre(end, positions.mean(axis=0))
+        if positions is not None and played:  # the places of the channels that just played
+            self.driver.timbre(end, positions[sorted(played)].mean(axis=0))
         self.latents.append(self.driver.frame(len(self.latents) / self.clock.fps))
 
 
