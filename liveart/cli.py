@@ -296,7 +296,7 @@ def _render(args) -> int:
                     block_frames=args.block, seed=args.seed or 0, audio_format=args.audio_format,
                     max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty(),
                     melody=melody, midi_out=args.midi_out, video=args.video, fps=args.fps, video_size=args.size,
-                    visual_model=args.visual_model, visual_seed=args.seed or 0)
+                    visual_model=args.visual_model, visual_seed=args.seed)
     if report.gain_db < 0:
         print(f"liveart: note: the mix peaked at {report.peak:.2f}; scaled by {report.gain_db:.1f} dB so it "
               f"does not clip", file=sys.stderr)

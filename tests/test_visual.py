@@ -89,9 +89,19 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
     first = train(data, config, tmp_path, minutes=0.05, threads=1, progress=False, eval_every=2, eval_images=16,
                   batch=4)
     assert first.steps >= 2 and np.isfinite(first.best_swd) and np.isfinite(first.blurred_swd)
+    import json
+
+    first_history = json.loads((tmp_path / "visual.train.json").read_text())["history"]
     again = train(data, config, tmp_path, minutes=0.1, threads=1, resume=True, progress=False, eval_every=2,
                   eval_images=16, batch=4)
-    assert again.steps > first.steps, "it went on from the last checkpoint"
+    history = json.loads((tmp_path / "visual.train.json").read_text())["history"]
+    assert again.steps > first.steps and history[: len(first_history)] == first_history, \
+        "it went on from the last checkpoint, keeping its history"
+    assert again.best_swd == min(h["swd"] for h in history) or abs(again.best_swd - min(h["swd"] for h in history)) < 0.01
+    from liveart.errors import LiveartError
+
+    with pytest.raises(LiveartError, match="resume with the same settings"):
+        train(data, GanConfig(base=8), tmp_path, minutes=0.01, threads=1, resume=True, progress=False)
     from liveart.visual.generator import VisualGenerator
 
     gen = VisualGenerator(again.onnx, shown=512, device="cpu")
@@ -244,7 +254,9 @@ def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, c
                            (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tmp_path / "none.onnx")],
                             "no such model file"),
                            (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tiny_generator), "--fps", "500"],
-                            "--fps")):
+                            "--fps"),
+                           (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tiny_generator), "--size", "17"],
+                            "even number")):
         assert main(["render", str(path), "-o", str(tmp_path / "n.wav"), *extra]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
@@ -262,3 +274,32 @@ def test_a_patch_sets_the_driver_and_bad_values_fail_with_the_key():
     for bad, message in (({"pulse": -1}, "visual.pulse"), ({"wobble": 1}, "visual.wobble"), ({"seed": 1.5}, "visual.seed")):
         with pytest.raises(PatchError, match=message):
             patch_from_dict({"visual": bad})
+
+
+@pytest.mark.parametrize("fps, sample_rate", [(30.0, 48000), (29.97, 48000), (24.0, 44100)])
+def test_video_frame_k_hears_exactly_what_was_played_before_k_over_fps(fps, sample_rate):
+    """An extra note at time t changes no frame at or before t and changes the frame after it."""
+    from liveart import events as ev
+    from liveart.engine import Engine
+    from liveart.hosts.offline import _render_frames
+    from liveart.hosts.video import FrameClock, LatentRecorder
+    from liveart.patch import patch_from_dict
+
+    clock = FrameClock(sample_rate, fps)
+    patch = patch_from_dict({"channels": {"default": {"preset": "organ", "follow_program": False}}})
+    t_note = 1.0
+    latents = {}
+    for extra in (False, True):
+        engine = Engine(patch, sample_rate=sample_rate)
+        engine.schedule_many([ev.note_on(int(0.3 * sample_rate), 0, 60, 100), ev.note_off(int(0.8 * sample_rate), 0, 60)])
+        if extra:
+            engine.schedule(ev.note_on(int(t_note * sample_rate), 0, 67, 120))
+        recorder = LatentRecorder(clock, 32, seed=0)
+        mix = np.zeros((2 * sample_rate, 2), np.float32)
+        _render_frames(engine, mix, clock, recorder, False, sample_rate)
+        latents[extra] = np.stack(recorder.latents)
+    assert len(latents[False]) == clock.count(2 * sample_rate) + 1 or len(latents[False]) >= clock.count(2 * sample_rate)
+    before = [k for k in range(len(latents[False])) if k / fps <= t_note]
+    assert np.array_equal(latents[False][before], latents[True][before]), "no frame at or before the note hears it"
+    after = max(before) + 1
+    assert not np.allclose(latents[False][after], latents[True][after]), "the next frame does"

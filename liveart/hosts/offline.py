@@ -73,7 +73,7 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
            audio_format: str = "pcm16", max_minutes: float = DEFAULT_MAX_MINUTES,
            progress: bool = False, melody: dict | None = None, midi_out: str | Path | None = None,
            video: str | Path | None = None, fps: float = 30.0, video_size: int = 512,
-           visual_model: str | Path | None = None, visual_seed: int = 0) -> RenderReport:
+           visual_model: str | Path | None = None, visual_seed: int | None = None) -> RenderReport:
     """Render ``midi_path`` to ``wav_path``. Raises LiveartError subclasses on bad input.
 
     ``melody``: ``{"settings": PlaySettings, "bars": N, "model": name or path}`` lets the melody model
@@ -102,10 +102,11 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
     if video is not None:
         from ..errors import ModelError
         from ..visual.generator import VisualGenerator
-        from .video import FrameClock, check_video_output
+        from .video import FrameClock, check_video_output, check_video_size
 
         video = Path(video)
         check_video_output(video)
+        check_video_size(video_size)
         clock = FrameClock(sample_rate, fps)
         if visual_model is None:
             raise ModelError("no visual model ships yet (issue 6 is in progress); pass --visual-model PATH, "
@@ -158,7 +159,9 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
             from ..visual.driver import DriverSettings
 
             settings = DriverSettings(**{k: v for k, v in patch.visual.items() if k != "seed"})
-            recorder = LatentRecorder(clock, generator.z_dim, settings, seed=patch.visual.get("seed", visual_seed))
+            seed_v = visual_seed if visual_seed is not None else patch.visual.get("seed", 0)  # the command line wins
+            recorder = LatentRecorder(clock, generator.z_dim, settings, seed=seed_v,
+                                      timbre_dim=engine.timbre.latent if engine.timbre is not None else 8)
             peak = _render_frames(engine, mix, clock, recorder, progress, sample_rate)
         else:
             peak = _render_blocks(engine, mix, block_frames, progress, sample_rate)

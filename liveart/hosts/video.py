@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from fractions import Fraction
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,28 +26,32 @@ GENERATOR_BATCH = 8
 
 
 class FrameClock:
-    """Video-frame boundaries in audio frames: frame k shows the state at round(k * sr / fps)."""
+    """Video-frame boundaries in audio frames, exactly: frame k shows what was played before k / fps
+    seconds, the audio frames before floor(k * sr / fps) (fps as the exact decimal given: 29.97 is
+    2997/100)."""
 
     def __init__(self, sample_rate: int, fps: float):
         if not (1.0 <= fps <= 120.0):
             raise RenderError(f"--fps {fps:g} is not allowed; use 1 to 120")
         self.sample_rate = sample_rate
         self.fps = fps
+        self._rate = Fraction(str(fps)).limit_denominator(100000)  # frames a second, exact
 
     def boundary(self, k: int) -> int:
-        return int(round(k * self.sample_rate / self.fps))
+        return math.floor(Fraction(k * self.sample_rate) / self._rate)
 
     def count(self, frames: int) -> int:
-        """Video frames covering ``frames`` audio frames."""
-        return max(1, int(math.ceil(frames * self.fps / self.sample_rate - 1e-9)))
+        """Video frames covering ``frames`` audio frames: ceil(frames * fps / sr), at least one."""
+        return max(1, math.ceil(Fraction(frames) * self._rate / self.sample_rate))
 
 
 class LatentRecorder:
     """Feeds the driver after each rendered block and records one latent per video frame."""
 
-    def __init__(self, clock: FrameClock, z_dim: int, settings: DriverSettings | None = None, seed: int = 0):
+    def __init__(self, clock: FrameClock, z_dim: int, settings: DriverSettings | None = None, seed: int = 0,
+                 timbre_dim: int = 8):
         self.clock = clock
-        self.driver = Driver(settings or DriverSettings(), z_dim, seed)
+        self.driver = Driver(settings or DriverSettings(), z_dim, seed, timbre_dim)
         self.latents: list[np.ndarray] = [self.driver.frame(0.0)]  # frame 0: nothing heard yet
 
     def after_block(self, state) -> None:
@@ -57,12 +62,18 @@ class LatentRecorder:
             if channel != 9:  # percussion has no pitch class
                 self.driver.onset(frame / sr, note, velocity)
                 played.add(channel)
-        end = (state.block_start + state.block_frames) / sr
+        # The block ends at or before k / fps (floor boundaries); observe it at k / fps at the latest.
+        end = min((state.block_start + state.block_frames) / sr, len(self.latents) / self.clock.fps)
         self.driver.level(end, state.rms)
         positions = getattr(state, "timbre_positions", None)
         if positions is not None and played:  # the places of the channels that just played
             self.driver.timbre(end, positions[sorted(played)].mean(axis=0))
         self.latents.append(self.driver.frame(len(self.latents) / self.clock.fps))
+
+
+def check_video_size(size: int) -> None:
+    if not (16 <= size <= 4096) or size % 2:
+        raise RenderError(f"--size {size} is not allowed; use an even number of pixels from 16 to 4096")
 
 
 def check_video_output(path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Sliced Wasserstein distance between two image sets on Laplacian-pyramid patches, as in the
+"""Sliced Wasserstein distance between two image sets on Laplacian-pyramid patches, after the
 progressive-GAN paper (Karras et al., 2018): no pretrained network needed.
 
-For each pyramid level (finest first, down to 16x16), 7x7 patches are drawn from every image,
-each patch normalised by the level's mean and standard deviation over both sets; the distance is
+For each pyramid level (pyrDown / pyrUp with the 5-tap binomial kernel, finest first, down to
+16x16), 7x7 patches are drawn from every image, each patch dimension normalised by its mean and
+standard deviation over both sets pooled (the paper normalises per colour channel, each set by its
+own statistics: the figures are comparable among liveart's runs, not with published ones); the distance is
 the mean over NUM_PROJECTIONS random unit directions of the 1-D Wasserstein distance between the
 two sets' projected patches (sorted and compared). Reported per level and averaged, x 1000.
 """
@@ -17,18 +19,27 @@ NUM_PROJECTIONS = 512
 MIN_LEVEL_SIZE = 16
 
 
-def _gaussian_blur_down(x: np.ndarray) -> np.ndarray:
-    """Blur with the 5-tap binomial kernel and halve: (N, C, H, W) → (N, C, H/2, W/2)."""
-    k = np.array([1, 4, 6, 4, 1], np.float32) / 16.0
+_BINOMIAL = np.array([1, 4, 6, 4, 1], np.float32) / 16.0
+
+
+def _blur(x: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """Separable 5-tap binomial blur (times ``gain`` per axis), reflected at the edges."""
+    k = _BINOMIAL * gain
     pad = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
     h = sum(k[i] * pad[:, :, :, i : i + x.shape[3]] for i in range(5))
-    v = sum(k[i] * h[:, :, i : i + x.shape[2], :] for i in range(5))
-    return v[:, :, ::2, ::2]
+    return sum(k[i] * h[:, :, i : i + x.shape[2], :] for i in range(5))
+
+
+def _gaussian_blur_down(x: np.ndarray) -> np.ndarray:
+    """pyrDown: blur with the 5-tap binomial kernel and halve: (N, C, H, W) → (N, C, H/2, W/2)."""
+    return _blur(x)[:, :, ::2, ::2]
 
 
 def _upsample(x: np.ndarray, shape) -> np.ndarray:
-    up = x.repeat(2, axis=2).repeat(2, axis=3)
-    return up[:, :, : shape[2], : shape[3]]
+    """pyrUp, as the paper's code and OpenCV: insert zeros, then blur with 4x the binomial kernel."""
+    up = np.zeros((x.shape[0], x.shape[1], x.shape[2] * 2, x.shape[3] * 2), np.float32)
+    up[:, :, ::2, ::2] = x
+    return _blur(up, 2.0)[:, :, : shape[2], : shape[3]]
 
 
 def laplacian_pyramid(images: np.ndarray) -> list[np.ndarray]:
@@ -74,8 +85,8 @@ def sliced_wasserstein(a_images: np.ndarray, b_images: np.ndarray, seed: int = 0
 
 
 def blurred(images: np.ndarray, passes: int = 2) -> np.ndarray:
-    """The blurred baseline: each image down-sampled ``passes`` times with the binomial filter and
-    brought back up by pixel repetition then one more blur (so it keeps colours and layout, loses detail)."""
+    """The blurred baseline: each image taken ``passes`` octaves down the pyramid (pyrDown) and back
+    up (pyrUp): it keeps colours and layout and loses the detail of those octaves."""
     x = images.astype(np.float32)
     shape = x.shape
     for _ in range(passes):

@@ -71,12 +71,20 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
     step, best, history, spent = 0, math.inf, [], 0.0
+    wrote_best = False
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        if ckpt["config"] != config.to_dict():
+            from ..errors import LiveartError
+
+            raise LiveartError(f"{last_path}: was trained with {ckpt['config']}, not {config.to_dict()}; "
+                               f"resume with the same settings or train afresh")
         for module, key in ((g, "g"), (d, "d"), (g_ema, "g_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(ckpt[key])
         step, best, history, spent = ckpt["step"], ckpt["best"], ckpt["history"], ckpt["seconds"]
-        rng = np.random.default_rng(seed + step)
+        wrote_best = best_path.exists() and math.isfinite(best)
+        torch.set_rng_state(ckpt["torch_rng"])  # a resumed run goes on as an uninterrupted one would
+        rng.bit_generator.state = ckpt["numpy_rng"]
     eval_real = random_crops(data, "eval", eval_images, config.size, np.random.default_rng(12345))
     blurred_swd = swd.sliced_wasserstein(swd.blurred(random_crops(data, "eval", eval_images, config.size,
                                                                   np.random.default_rng(54321)), 1), eval_real)[0]
@@ -113,15 +121,17 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
             state = {"config": config.to_dict(), "seed": seed, "step": step, "history": history, "seconds": elapsed}
             if distance < best:
                 best = distance
+                wrote_best = True
                 tmp = best_path.with_name(best_path.name + ".part")
                 torch.save({**state, "g_ema": g_ema.state_dict(), "swd": distance}, tmp)
                 tmp.replace(best_path)
             tmp = last_path.with_name(last_path.name + ".part")
             torch.save({**state, "best": best, "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, tmp)
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": rng.bit_generator.state}, tmp)
             tmp.replace(last_path)
     bar.close()
-    if not best_path.exists():  # the budget ended before the first evaluation
+    if not wrote_best:  # the budget ended before the first evaluation (an older file is not this run's)
         torch.save({"config": config.to_dict(), "seed": seed, "step": step, "history": history,
                     "g_ema": g_ema.state_dict(), "swd": math.inf}, best_path)
     onnx_path = out_dir / f"{name}-generator.onnx"

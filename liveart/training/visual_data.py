@@ -15,11 +15,11 @@ square crops (a side of CROP_MIN to CROP_MAX of the short side), resized to the 
 flipped at random (:func:`random_crops`).
 
 The split is by region: the last HELD_OUT_BAND of every wallpaper's long side is held out, and
-evaluation crops come from there only; training crops never touch it. (Holding out whole wallpapers
-was tried first: real crops of the training wallpapers were then 166 (SWD x 1000) from crops of the
-held-out ones, further than the held-out crops blurred (158) — a target no generator could meet.
-With held-out regions, real training-region crops are 80 from evaluation crops, the blurred ones
-109 (one binomial octave) and 177 (two).)
+evaluation crops come from there only; training crops never touch it. (Holding out whole wallpapers was tried first: with the first version of the distance, real crops
+of the training wallpapers were then 166 (SWD x 1000) from crops of the held-out ones, further than
+the held-out crops blurred (158) — a target no generator could meet. With held-out regions and the
+distance as it now is: real training-region crops are 106 from evaluation crops, blurred ones 175
+(one octave) and 315 (two), uniform noise 764, a second draw of evaluation crops 39.)
 """
 
 from __future__ import annotations

@@ -55,6 +55,13 @@ class VisualGenerator:
         self.shown = shown
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.metadata = dict(meta)
+        try:  # the graph must do what its metadata says
+            trial = self.raw(np.zeros((1, self.z_dim), np.float32))
+        except Exception as e:
+            raise ModelError(f"{path}: its graph does not match its metadata ({str(e).splitlines()[0][:200]})") from e
+        if trial.shape != (1, 3, self.trained_size, self.trained_size):
+            raise ModelError(f"{path}: its graph gives images of shape {trial.shape}; its metadata says "
+                             f"(1, 3, {self.trained_size}, {self.trained_size})")
 
     @classmethod
     def load(cls, path, shown: int = 512, device: str = "auto", threads: int = 1) -> "VisualGenerator":
