@@ -98,6 +98,15 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
     assert again.steps > first.steps and history[: len(first_history)] == first_history, \
         "it went on from the last checkpoint, keeping its history"
     assert again.best_swd == min(h["swd"] for h in history) or abs(again.best_swd - min(h["swd"] for h in history)) < 0.01
+    from liveart.training.visual_model import Generator
+
+    last = torch.load(tmp_path / "visual.last.pt", weights_only=False)
+    torch.manual_seed(1)  # train() seeds torch, then makes the generator first: its initial weights
+    init = Generator(config).state_dict()
+    moved = [(torch.norm(last["g_ema"][k] - init[k]) / torch.norm(last["g"][k] - init[k])).item()
+             for k in init if init[k].dtype.is_floating_point and init[k].numel() > 16
+             and torch.norm(last["g"][k] - init[k]) > 0]
+    assert np.median(moved) > 0.5, "early on, the weights' average has followed the generator most of the way"
     from liveart.errors import LiveartError
 
     with pytest.raises(LiveartError, match="resume with the same settings"):

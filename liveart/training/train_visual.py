@@ -4,7 +4,7 @@
 
 Hinge loss, Adam (2e-4, betas 0 and 0.99) for both networks, one discriminator step per generator
 step, batch BATCH of random training-region crops at 128x128 (flipped at random). An exponential
-moving average of the generator's weights (EMA_DECAY) is what is evaluated and exported. Every
+moving average of the generator's weights (decay ramped up to EMA_DECAY) is what is evaluated and exported. Every
 EVAL_EVERY steps: the sliced Wasserstein distance (x 1000) between EVAL_IMAGES samples of the EMA
 generator and as many crops of the held-out regions (fixed), beside the blurred-crops baseline;
 the best checkpoint is kept and training can resume from the last one (``--resume``).
@@ -104,8 +104,11 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
         loss_g.backward()
         opt_g.step()
         with torch.no_grad():
+            # A ramped decay: early on the average follows the generator (a fixed 0.999 would still
+            # weigh the random initial weights 61% after 500 steps; a first run collapsed that way).
+            decay = min(EMA_DECAY, (1.0 + step) / (10.0 + step))
             for pe, p in zip(g_ema.parameters(), g.parameters()):
-                pe.lerp_(p, 1.0 - EMA_DECAY)
+                pe.lerp_(p, 1.0 - decay)
             for be, b in zip(g_ema.buffers(), g.buffers()):
                 be.copy_(b)
         step += 1
@@ -143,12 +146,14 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     return VisualTrainResult(step, best, blurred_swd, time.monotonic() - started, onnx_path)
 
 
-def export_onnx(checkpoint: Path, path: Path, shown: int = SHOWN_SIZE) -> None:
+def export_onnx(checkpoint: Path, path: Path, shown: int = SHOWN_SIZE, weights: str = "g_ema") -> None:
+    """Export a checkpoint's generator: its weights' average (``g_ema``, the default) or, from a
+    last checkpoint, the generator itself (``g``)."""
     import onnx
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     g = Generator(GanConfig(**ckpt["config"]))
-    g.load_state_dict(ckpt["g_ema"])
+    g.load_state_dict(ckpt[weights])
     net = GeneratorExport(g.eval()).eval()
     tmp = path.with_name(path.name + ".part")
     z = torch.zeros(1, g.config.z_dim)
