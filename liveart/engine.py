@@ -181,6 +181,9 @@ class Engine:
         # Frames decoded ahead, per slot: (t_on, released, place version, first boundary, h, noise, amp).
         self._ahead: dict[int, tuple] = {}
         if self._timbre_async:
+            from .timbre.worker import Request
+
+            self._timbre_request = Request  # imported once here, not on the audio thread at every hop
             self.timbre.start(self._glide.position, self.timbre_control.enabled)
         self._timbre_gain = TIMBRE_LEVEL * 10.0 ** (self.patch.timbre.gain_db / 20.0)
         self._timbre_release_frames = int(MAX_OFF_SECONDS * self.sample_rate)
@@ -645,8 +648,6 @@ class Engine:
     def _timbre_post(self, boundary: int) -> None:
         """Ask the worker for the frames of every sounding timbre voice at ``boundary``, as they will
         be if nothing changes meanwhile (a release in between is heard from the boundary after)."""
-        from .timbre.worker import Request
-
         b = self.bank
         voices = np.flatnonzero(self._timbre_voice & (b.t_end > boundary - self.hop_frames))
         if len(voices) == 0:
@@ -655,7 +656,7 @@ class Engine:
         z = self._glide.predict(boundary)[b.channel[voices]]
         on = (boundary - b.t_on[voices]) / sr
         off = np.where(b.t_off[voices] < FAR_FUTURE, (boundary - b.t_off[voices]) / sr, -1.0)
-        self.timbre.post(Request(boundary, voices, b.t_on[voices].copy(), z.astype(np.float32), b.note[voices],
+        self.timbre.post(self._timbre_request(boundary, voices, b.t_on[voices].copy(), z.astype(np.float32), b.note[voices],
                                  b.velocity[voices], on, off, b.freq_after[voices].copy()))
         self._timbre_posted = boundary
 

@@ -31,7 +31,7 @@ from liveart.timbre import anchors as anc
 from liveart.timbre import frames as fr
 from liveart.timbre.model import TimbreModel, cuda_works
 
-from .conftest import SR, write_midi
+from .conftest import SR, render_events, write_midi
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DECODER = MODELS_DIR / "timbre-decoder.onnx"
@@ -55,16 +55,7 @@ def timbre_patch(channel: dict | None = None, timbre: dict | None = None, hop: i
 
 
 def render(model, patch, events, frames, block_sizes=(256,)):
-    engine = Engine(patch, sample_rate=SR, timbre=model)
-    engine.schedule_many(events)
-    out = np.zeros((frames, 2), np.float32)
-    pos, i = 0, 0
-    while pos < frames:
-        n = min(block_sizes[i % len(block_sizes)], frames - pos)
-        engine.render_into(out[pos : pos + n])
-        pos += n
-        i += 1
-    return out, engine
+    return render_events(patch, events, frames, block_sizes, timbre=model)
 
 
 def largest_step(x) -> float:

@@ -54,9 +54,9 @@ class RenderReport:
                 f"rendered in {self.wall_seconds:.2f} s)")
 
 
-def check_output_path(path: Path) -> None:
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise OutputError(f"{path}: the output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+def check_output_path(path: Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, what: str = "the output") -> None:
+    if path.suffix.lower() not in suffixes:
+        raise OutputError(f"{path}: {what} must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
@@ -102,10 +102,11 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
     if video is not None:
         from ..errors import ModelError
         from ..visual.generator import VisualGenerator
-        from .video import FrameClock, check_video_output, check_video_size
+        from .video import VIDEO_SUFFIXES, FrameClock, check_ffmpeg, check_video_size
 
         video = Path(video)
-        check_video_output(video)
+        check_output_path(video, VIDEO_SUFFIXES, "the video")
+        check_ffmpeg()
         check_video_size(video_size)
         clock = FrameClock(sample_rate, fps)
         if visual_model is None:

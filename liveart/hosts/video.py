@@ -10,12 +10,9 @@ into an MP4, written beside the target and renamed over it when complete.
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 import shutil
 import subprocess
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import OutputError, RenderError
@@ -76,14 +73,7 @@ def check_video_size(size: int) -> None:
         raise RenderError(f"--size {size} is not allowed; use an even number of pixels from 16 to 4096")
 
 
-def check_video_output(path: Path) -> None:
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise OutputError(f"{path}: the video must end in .mp4")
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; give a file name")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write there")
+def check_ffmpeg() -> None:
     if shutil.which("ffmpeg") is None:
         raise RenderError("--video needs the ffmpeg program; install the Debian package ffmpeg (scripts/setup.sh does)")
 
