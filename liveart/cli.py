@@ -29,7 +29,7 @@ def _on_sigterm(signum, frame):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage block
-        self.exit(EXIT_USAGE, f"liveart: error: {message} (see 'liveart {self.prog.split()[-1]} --help')\n"
+        self.exit(EXIT_USAGE, f"liveart: error: {message} (see '{self.prog} --help')\n"
                   if " " in self.prog else f"liveart: error: {message} (see 'liveart --help')\n")
 
 
