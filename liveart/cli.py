@@ -170,6 +170,47 @@ def build_parser() -> argparse.ArgumentParser:
     tmap.add_argument("-o", "--output", required=True, metavar="MAP.png", help="image to write (.png, .svg or .pdf)")
     tmap.add_argument("--model", metavar="M", default=None, help="timbre model: timbre (shipped) or a path")
 
+    pl = sub.add_parser("play", help="play live: a controller (or a DAW) in, the models, sound and MIDI out",
+                        description="Play live through the engine, with the melody model answering or "
+                                    "accompanying and every note coloured by the timbre space. Ctrl-C stops; "
+                                    "the take is saved in takes/ as you play.")
+    pl.add_argument("--in", dest="input_name", metavar="NAME", default=None,
+                    help="MIDI input: the controller (part of its port name; see 'liveart devices')")
+    pl.add_argument("--out", dest="output_name", metavar="NAME", default=None,
+                    help="MIDI output for the model's notes and the clock (part of a port name)")
+    pl.add_argument("--virtual", action="store_true",
+                    help="make MIDI ports 'liveart in' and 'liveart out' that a DAW can connect to")
+    pl.add_argument("--audio-device", metavar="NAME", default=None,
+                    help="audio output (part of its name; default: JACK when a server runs, else the system's)")
+    pl.add_argument("--sample-rate", type=_positive_int, metavar="SR", default=None,
+                    help="sample rate in Hz (default: the patch's; on JACK the server's)")
+    pl.add_argument("--block", type=_positive_int, metavar="N", default=None,
+                    help="audio block in frames (default: the patch's, 128; on JACK the server's period)")
+    pl.add_argument("--patch", metavar="P", default=None, help="patch name or .toml path (default 'default')")
+    pl.add_argument("--backend", choices=("auto", "jack", "portaudio"), default="auto",
+                    help="jack: one JACK client, MIDI and audio in the same callback, every event at its exact "
+                         "frame; portaudio: sounddevice + python-rtmidi (any system). Default auto: jack when a "
+                         "JACK server runs")
+    pl.add_argument("--midi-api", choices=("auto", "jack", "alsa", "coremidi", "winmm"), default="auto",
+                    help="the portaudio backend's MIDI system (default auto: JACK when the audio runs on JACK)")
+    pl.add_argument("--clock", choices=("internal", "external"), default="internal",
+                    help="internal: run at --bpm and send MIDI clock out; external: follow the MIDI clock "
+                         "coming in (start, stop, continue, song position)")
+    pl.add_argument("--bpm", type=_positive_float, default=120.0, metavar="BPM", help="internal clock tempo (default 120)")
+    pl.add_argument("--mode", choices=("answer", "continue", "accompany", "free"), default=None,
+                    help="how the melody model plays (default: the patch's)")
+    pl.add_argument("--no-melody", action="store_true", help="no melody model: the instrument alone")
+    pl.add_argument("--seed", type=_nonnegative_int, metavar="S", default=0, help="random seed (default 0)")
+    pl.add_argument("--takes", metavar="DIR", default="takes", help="where takes are saved (default takes/)")
+    pl.add_argument("--no-take", action="store_true", help="do not save a take")
+    pl.add_argument("--duration", type=_positive_float, metavar="SECONDS", default=None,
+                    help="stop after this long (default: play until Ctrl-C)")
+    pl.add_argument("--no-status", action="store_true", help="no live status line")
+
+    dv = sub.add_parser("devices", help="list MIDI ports and audio devices (with their host APIs)")
+    dv.add_argument("--midi-api", choices=("auto", "jack", "alsa", "coremidi", "winmm"), default="auto",
+                    help="MIDI system to list (default auto)")
+
     p = sub.add_parser("patches", help="list the shipped patches and the built-in presets")
     p.add_argument("--check", metavar="P", default=None, help="validate one patch (name or path) and report")
     return parser
@@ -248,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "timbre":
             return _timbre(args)
+        if args.command == "play":
+            return _play(args)
+        if args.command == "devices":
+            return _devices(args)
     except LiveartError as e:
         print(f"liveart: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -271,12 +316,35 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _render(args) -> int:
-    from .hosts.offline import render
-
+def _play(args) -> int:
+    from .hosts.live import LiveSettings, play
     from .patch import load_patch
 
     patch = load_patch(args.patch)
+    settings = LiveSettings(
+        backend=args.backend, midi_api=args.midi_api, input_name=args.input_name, output_name=args.output_name, virtual=args.virtual,
+        audio_device=args.audio_device, sample_rate=args.sample_rate, block_frames=args.block, clock=args.clock,
+        bpm=args.bpm, melody=not args.no_melody, mode=args.mode, seed=args.seed,
+        takes_dir=None if args.no_take else args.takes, duration_seconds=args.duration, status=not args.no_status)
+    stats = play(patch, settings)
+    return 0 if stats is not None else EXIT_ERROR
+
+
+def _devices(args) -> int:
+    from .midi.ports import describe_devices
+
+    print(describe_devices(args.midi_api))
+    return 0
+
+
+def _render(args) -> int:
+    from .hosts.offline import render
+
+    from .hosts.offline import take_settings
+    from .patch import load_patch
+
+    # A live take plays with the patch it was played with, unless --patch says otherwise.
+    patch = load_patch(args.patch) if args.patch is not None else (take_settings(args.midi)[0] or load_patch(None))
     melody = None
     if args.continue_bars is not None:
         from dataclasses import replace
@@ -293,7 +361,7 @@ def _render(args) -> int:
 
         patch = replace(patch, timbre=replace(patch.timbre, device=args.device))
     report = render(args.midi, args.output, patch=patch, sample_rate=args.sample_rate,
-                    block_frames=args.block, seed=args.seed or 0, audio_format=args.audio_format,
+                    block_frames=args.block, seed=args.seed, audio_format=args.audio_format,
                     max_minutes=args.max_minutes, progress=not args.quiet and sys.stderr.isatty(),
                     melody=melody, midi_out=args.midi_out, video=args.video, fps=args.fps, video_size=args.size,
                     visual_model=args.visual_model, visual_seed=args.seed)

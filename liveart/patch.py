@@ -54,9 +54,14 @@ MELODY_CC_PARAMS: dict[str, tuple[float, float]] = {
     "melody_key_lock": (0.0, 1.0),
     "melody_panic": (0.0, 1.0),
 }
+# Parameters of the live host: panic (at 64 and above) silences everything at once, the engine's
+# voices and the model, and sends a note-off for every note liveart sent out.
+HOST_CC_PARAMS: dict[str, tuple[float, float]] = {
+    "panic": (0.0, 1.0),
+}
 MELODY_KEYS = ("model", "mode", "temperature", "top_p", "density", "answer_ratio", "continue_bars",
                "silence_seconds", "wait_for_bar", "key_lock", "low_pitch", "high_pitch", "velocity", "program",
-               "seed")
+               "seed", "channel")
 
 # Controllers the engine keeps for itself (120-127 are channel mode messages, beyond the range).
 ENGINE_CONTROLLERS = {64: "64 (the sustain pedal)"}
@@ -208,6 +213,7 @@ class MelodyPatch:
     settings: PlaySettings = field(default_factory=PlaySettings)
     program: int = 73  # General MIDI flute
     seed: int = 0
+    channel: int = 1  # 0-based: live, the model's notes go out on MIDI channel 2 (TOML: channel = 2)
 
 
 class _Checker:
@@ -377,8 +383,9 @@ def patch_from_dict(data: dict, source: str = "<patch>") -> Patch:
             raise check.fail(where + "number", number, "a controller the [timbre] table does not use")
         if number in ENGINE_CONTROLLERS:
             raise check.fail(where + "number", number, f"a controller other than {ENGINE_CONTROLLERS[number]}")
-        param = check.choice(m, "param", None, tuple(CC_PARAMS) + tuple(MELODY_CC_PARAMS), where)
-        low_limit, high_limit = CC_PARAMS[param] if param in CC_PARAMS else MELODY_CC_PARAMS[param]
+        param = check.choice(m, "param", None, tuple(CC_PARAMS) + tuple(MELODY_CC_PARAMS) + tuple(HOST_CC_PARAMS),
+                             where)
+        low_limit, high_limit = {**CC_PARAMS, **MELODY_CC_PARAMS, **HOST_CC_PARAMS}[param]
         low = check.number(m, "min", low_limit, low_limit, high_limit, where)
         high = check.number(m, "max", high_limit, low_limit, high_limit, where)
         channel = m.get("channel")
@@ -545,7 +552,8 @@ def _melody(check: _Checker, data: dict) -> MelodyPatch:
         velocity=check.integer(m, "velocity", 0, 0, 127, w),
     )
     return MelodyPatch(model=model, settings=settings, program=check.integer(m, "program", 73, 0, 127, w),
-                       seed=check.integer(m, "seed", 0, 0, 2**31 - 1, w))
+                       seed=check.integer(m, "seed", 0, 0, 2**31 - 1, w),
+                       channel=check.integer(m, "channel", 2, 1, 16, w) - 1)
 
 
 def _channel(check: _Checker, spec: dict, where: str, base: ChannelSettings, presets: dict) -> ChannelSettings:

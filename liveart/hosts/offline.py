@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import Engine
-from ..errors import OutputError, RenderError
+from ..errors import LiveartError, MidiFileError, OutputError, RenderError
 from ..midi.files import read_midi_file
 from ..patch import SAMPLE_RATES, Patch, load_patch
 
@@ -69,7 +69,7 @@ def check_output_path(path: Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, w
 
 
 def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Path | None = None,
-           sample_rate: int | None = None, block_frames: int | None = None, seed: int = 0,
+           sample_rate: int | None = None, block_frames: int | None = None, seed: int | None = 0,
            audio_format: str = "pcm16", max_minutes: float = DEFAULT_MAX_MINUTES,
            progress: bool = False, melody: dict | None = None, midi_out: str | Path | None = None,
            video: str | Path | None = None, fps: float = 30.0, video_size: int = 512,
@@ -83,7 +83,9 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
     """
     started = time.perf_counter()
     wav_path = Path(wav_path)
-    patch = patch if isinstance(patch, Patch) else load_patch(patch)
+    take_patch, take_seed = take_settings(midi_path)
+    patch = patch if isinstance(patch, Patch) else take_patch or load_patch(patch)
+    seed = take_seed if seed is None and take_seed is not None else int(seed or 0)
     sample_rate = int(sample_rate or patch.audio.sample_rate)
     if sample_rate not in SAMPLE_RATES:
         raise RenderError(f"sample rate {sample_rate} Hz is not supported; use one of "
@@ -225,6 +227,34 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         wall_seconds=time.perf_counter() - started, stolen_voices=engine.stats.stolen_voices,
         hard_cuts=engine.stats.hard_cuts,
     )
+
+
+def take_settings(midi_path) -> tuple[Patch | None, int | None]:
+    """A live take (see :mod:`liveart.hosts.takes`) carries the patch it was played with and the
+    engine's seed: rendering it without --patch plays it with those. (None, None) for other files."""
+    from .takes import read_take_meta
+
+    try:
+        meta = read_take_meta(midi_path)
+    except LiveartError:
+        return None, None  # the MIDI reader gives the file's own one-line error
+    if not meta:
+        return None, None
+    patch = None
+    if meta.get("patch_text"):
+        from ..patch import patch_from_dict
+
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(meta["patch_text"])
+        except (tomllib.TOMLDecodeError, TypeError) as e:
+            raise MidiFileError(f"{midi_path}: the take's patch cannot be read ({e}); give --patch") from e
+        patch = patch_from_dict(data, source=f"{midi_path} (patch {meta.get('patch', '?')!r} of the take)")
+    seed = meta.get("engine_seed")
+    return patch, int(seed) if isinstance(seed, int) else None
 
 
 def _temp_file(directory: Path, prefix: str, suffix: str, target: Path, temp_paths: list[str]) -> str:

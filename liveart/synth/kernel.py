@@ -194,7 +194,9 @@ def _finish_block(left, right, gain, out):
 
 
 if KERNEL_AVAILABLE:
-    _jit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+    # The GIL stays held: live, the kernel runs on the audio thread, and a kernel that let go of the
+    # GIL would hand it to a model thread mid-block and wait a switch interval to get it back.
+    _jit = numba.njit(nogil=False, cache=True, fastmath=False, error_model="numpy")
     _fall_span = _jit(_fall_span)
     _noise_span = _jit(_noise_span)
     render_segment = _jit(_render_segment)

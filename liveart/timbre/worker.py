@@ -83,6 +83,7 @@ class TimbreWorker:
         self.failures = 0  # decodes that raised (the voices kept their parameters)
         self.error: str | None = None  # the last such error, for the host to report
         self._thread: threading.Thread | None = None
+        self.thread_setup = None  # called first on the worker's thread (the live host raises its priority)
 
     # ------------------------------------------------------------------ set-up (before the stream)
     def start(self, targets: np.ndarray, enabled: np.ndarray) -> None:
@@ -166,6 +167,8 @@ class TimbreWorker:
         return targets is not None and not np.array_equal(targets, self._table_places)
 
     def _loop(self) -> None:
+        if self.thread_setup is not None:
+            self.thread_setup()
         done: Request | None = None
         last_table = -TABLE_REFRESH_SECONDS
         while self._running:

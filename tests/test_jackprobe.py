@@ -1,0 +1,181 @@
+"""The JACK test client: frame-exact latency against a reference instrument, exact MIDI clock ticks,
+and the onset rule on synthetic audio.
+
+The real-time tests run against a private jackd (dummy backend, unique server name) started once for
+the module; they skip with the reason where JACK2 or the JACK-Client package is missing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from liveart.testing.jackprobe import (
+    JackProbeError,
+    JackServer,
+    Probe,
+    clock_events,
+    detect_onsets,
+    jack_available,
+    jack_unavailable_reason,
+    measure_latency,
+)
+
+SR = 48000
+PERIOD = 128
+BURST_FRAMES = 480
+BURST_LEVEL = 0.5
+
+needs_jack = pytest.mark.skipif(not jack_available(), reason=f"JACK unavailable: {jack_unavailable_reason()}")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with JackServer(sample_rate=SR, period=PERIOD) as srv:
+        yield srv
+
+
+@pytest.fixture
+def probe(server):
+    with Probe("test-probe") as p:
+        yield p
+
+
+class ReferenceInstrument:
+    """A JACK instrument with frame-exact timing: each note-on starts a constant burst exactly
+    ``delay_frames`` after the note-on's own frame (the frame offset JACK gives it in its cycle)."""
+
+    def __init__(self, delay_frames: int):
+        import jack
+
+        self.delay_frames = delay_frames
+        self.client = jack.Client("reference-instrument", no_start_server=True)
+        self.midi_in = self.client.midi_inports.register("midi_in")
+        self.out = self.client.outports.register("out")
+        self.starts = [-10**9] * 8  # ring of burst start frames, preallocated
+        self.k = 0
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames):
+        t0 = self.client.last_frame_time
+        for off, data in self.midi_in.incoming_midi_events():
+            if len(data) == 3 and data[0][0] & 0xF0 == 0x90 and data[2][0] > 0:
+                self.starts[self.k % len(self.starts)] = t0 + off + self.delay_frames
+                self.k += 1
+        buf = self.out.get_array()
+        buf.fill(0.0)
+        for s in self.starts:
+            a, b = max(s, t0), min(s + BURST_FRAMES, t0 + frames)
+            if a < b:
+                buf[a - t0 : b - t0] = BURST_LEVEL
+
+    def close(self):
+        self.client.deactivate()
+        self.client.close()
+
+
+def _measure_with_retry(probe, midi_port, audio_ports, **kwargs):
+    """One retry after an xrun: a late cycle on a loaded machine is not the probe's fault."""
+    result = measure_latency(probe, midi_port, audio_ports, **kwargs)
+    if result.xruns or result.frames_missing:
+        result = measure_latency(probe, None, None, **kwargs)
+    return result
+
+
+@needs_jack
+@pytest.mark.parametrize("delay_frames", [0, 37, 200])
+def test_latency_of_a_frame_exact_instrument_is_exact(probe, delay_frames):
+    inst = ReferenceInstrument(delay_frames)
+    try:
+        result = _measure_with_retry(probe, inst.midi_in.name, [inst.out.name], notes=30,
+                                     spacing_frames=2400, note_length_frames=480)
+    finally:
+        inst.close()
+    assert result.notes == 30 and result.missed == 0
+    lat = set(result.latencies_frames)
+    assert len(lat) == 1, f"latency varied: {sorted(lat)}"
+    # probe -> instrument -> probe is a loop in JACK's graph: one of its edges is read one cycle later
+    assert lat.pop() in (delay_frames, delay_frames + PERIOD)
+    assert result.jitter_frames == 0
+    # the notes were sent at offsets spread over the period, so a constant is really frame-exact
+    assert len(set(result.send_offsets.tolist())) > 15
+
+
+@needs_jack
+def test_silent_instrument_counts_every_note_as_missed(probe):
+    silent = Probe("silent-instrument", audio_inputs=0)
+    try:
+        out = silent.client.outports.register("out")  # never written: JACK gives silence
+        result = measure_latency(probe, silent.midi_in_name, [out.name], notes=5, spacing_frames=2400,
+                                 note_length_frames=480)
+    finally:
+        silent.close()
+    assert result.missed == 5 and math.isnan(result.p50_frames)
+
+
+@needs_jack
+def test_clock_ticks_arrive_at_exact_frames(probe):
+    listener = Probe("clock-listener", audio_inputs=0)
+    try:
+        probe.client.connect(probe.midi_out_name, listener.midi_in_name)
+        capture = listener.capture_midi()
+        start = probe.frame_time + SR // 5
+        # 120 bpm at 48 kHz: a tick every 1000 frames; 130 bpm from tick 10: 923 1/13 frames
+        change = start + 10_000
+        stop = change + 20 * 48000 * 60 // (130 * 24) + 50
+        resume = stop + 5000
+        end = resume + 3000
+        sched = probe.send_clock(start, 120, end, tempo_changes=[(change, 130)], stop_frame=stop,
+                                 continue_frame=resume)
+        assert listener.wait_until_frame(end + 2 * PERIOD, timeout_s=5.0)
+    finally:
+        listener.close()
+    assert sched.done and sched.late == 0
+    iv130 = 48000 * 60 / (130 * 24)
+    expected = [(start, 0xFA)] + [(start + 1000 * k, 0xF8) for k in range(10)]
+    expected += [(change + math.floor(k * 2_880_000 / 3120), 0xF8) for k in range(21)]
+    assert expected[-1][0] < stop < change + 21 * iv130
+    expected += [(stop, 0xFC), (resume, 0xFB)]
+    expected += [(resume + math.floor(k * 2_880_000 / 3120), 0xF8) for k in range(4)]
+    assert resume + 4 * iv130 >= end > resume + 3 * iv130
+    got = [(frame, data[0]) for frame, data in capture.events()]
+    assert len(got) == len(expected), got[:5]
+    shift = got[0][0] - expected[0][0]
+    assert shift in (0, PERIOD)
+    assert got == [(f + shift, b) for f, b in expected]
+
+
+def test_clock_events_tempo_change_mid_tick_is_phase_continuous():
+    # 120 bpm (1000 frames per tick) halved to 60 bpm halfway through the second interval:
+    # the half interval left takes twice as long
+    ev = clock_events(48000, 0, 120, 3500, tempo_changes=[(1500, 60)], send_start=False)
+    assert [f for f, _ in ev] == [0, 1000, 2500]
+    ev = clock_events(44100, 0, 127, 44100 * 10, send_start=False)
+    iv = 44100 * 60 / (127 * 24)
+    assert [f for f, _ in ev] == [math.floor(k * 44100 * 60 / (127 * 24)) for k in range(len(ev))]
+    assert len(ev) == math.ceil(44100 * 10 / iv)
+
+
+def test_clock_events_rejects_continue_before_stop():
+    with pytest.raises(JackProbeError):
+        clock_events(48000, 0, 120, 10000, stop_frame=5000, continue_frame=4000)
+
+
+def test_detect_onsets_finds_known_onsets_and_ignores_silent_notes():
+    rng = np.random.default_rng(1)
+    audio = (rng.standard_normal((20000, 2)) * 10 ** (-70 / 20)).astype(np.float32)  # noise floor -70 dBFS
+    audio[1130:1600, 1] = 0.3  # note at 1000 sounds 130 frames later, on the right channel only
+    audio[5077:5500] = -0.01  # note at 5000: 77 frames, quiet (-40 dBFS) but above the floor
+    audio[9000:9300] = 0.2  # loud tail before the note at 9400 ...
+    audio[9400:9700] = 0.5  # ... whose own sound is only 2.5x it: not an onset until 9700
+    audio[9700:9800] = 0.9
+    notes = [1000, 5000, 9400, 12000, 19990]  # 12000 never sounds; 19990 runs off the end
+    lat = detect_onsets(audio, notes, pre_window_frames=256, max_latency_frames=4000)
+    assert lat == [130, 77, 300, None, None]
+    # the -50 dBFS floor: a -60 dBFS burst after silence is not a note
+    quiet = np.zeros(3000, np.float32)
+    quiet[500:600] = 10 ** (-60 / 20)
+    assert detect_onsets(quiet, [400]) == [None]

@@ -1,0 +1,251 @@
+"""The live instrument against a real audio server: JACK2's dummy backend, liveart's real
+`liveart play` process (sounddevice on PortAudio's JACK host API, python-rtmidi's JACK MIDI), and a
+JACK test client (liveart.testing.jackprobe) that plays MIDI in at exact frames and records the
+audio and MIDI that come out, frame-exact.
+
+Speed targets live in scripts/bench_latency.py; these tests assert behaviour with bounds a broken
+host would break: every note sounds, within a few periods; the model's notes come out on the
+clock's grid; nothing hangs; the take replays.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liveart.midi.ports import find_port
+from liveart.errors import PortError
+
+jackprobe = pytest.importorskip("liveart.testing.jackprobe")
+if not jackprobe.jack_available():
+    pytest.skip(f"JACK is not available: {jackprobe.jack_unavailable_reason()}", allow_module_level=True)
+
+SR = 48000
+PERIOD = 128
+START_TIMEOUT_S = 60.0  # models load before the ports appear
+
+
+@pytest.fixture(scope="module")
+def server():
+    with jackprobe.JackServer(sample_rate=SR, period=PERIOD) as s:
+        yield s
+
+
+@pytest.fixture
+def probe(server):
+    with jackprobe.Probe("liveart-probe") as p:
+        yield p
+
+
+class Live:
+    """A `liveart play` process on the test's JACK server."""
+
+    def __init__(self, server, tmp_path: Path, *args: str):
+        self.takes = tmp_path / "takes"
+        self.argv = [sys.executable, "-m", "liveart", "play", "--midi-api", "jack", "--no-status",
+                     "--takes", str(self.takes), *args]
+        self.proc = subprocess.Popen(self.argv, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.stderr = ""
+
+    def wait_ports(self, probe, virtual: bool = True) -> tuple[str | None, list[str]]:
+        midi_in = probe.wait_for_port(r"^liveart(:midi_in| in:)", timeout_s=START_TIMEOUT_S, is_midi=True,
+                                      is_input=True, process=self.proc) if virtual else None
+        audio = probe.wait_for_ports(r"^liveart:out_", count=2, timeout_s=START_TIMEOUT_S, is_audio=True,
+                                     process=self.proc)
+        return midi_in, audio
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            _out, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _out, self.stderr = self.proc.communicate()
+            raise AssertionError(f"liveart play did not stop within {timeout} s after {sig!r}")
+        return self.proc.returncode
+
+    def take(self) -> Path:
+        takes = sorted(self.takes.glob("take-*.mid"))
+        assert len(takes) == 1, f"expected one take in {self.takes}, found {takes}"
+        return takes[0]
+
+    def log(self) -> dict:
+        return json.loads(self.take().with_suffix(".log.json").read_text())
+
+
+def _note_events(midi: list[tuple[int, bytes]]):
+    ons = [(f, m[0] & 0x0F, m[1]) for f, m in midi if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0]
+    offs = [(f, m[0] & 0x0F, m[1]) for f, m in midi
+            if len(m) == 3 and (m[0] & 0xF0 == 0x80 or (m[0] & 0xF0 == 0x90 and m[2] == 0))]
+    return ons, offs
+
+
+def _hanging(midi: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
+    """Notes switched on and never off, in time order."""
+    down: dict[tuple[int, int], int] = {}
+    for _f, m in midi:
+        if len(m) == 3 and m[0] & 0xF0 in (0x80, 0x90):
+            key = (m[0] & 0x0F, m[1])
+            if m[0] & 0xF0 == 0x90 and m[2] > 0:
+                down[key] = down.get(key, 0) + 1
+            elif down.get(key):
+                down[key] = 0
+    return [k for k, v in down.items() if v]
+
+
+# ----------------------------------------------------------------------------- errors, no audio needed
+def test_find_port_matches_names_and_lists_the_rest():
+    ports = ["Keystation 49 MK3:Keystation 49 MK3 MIDI 1 20:0", "Midi Through:Midi Through Port-0 14:0",
+             "liveart in:midi 128:0"]
+    assert find_port(ports, "keystation", "input") == 0
+    assert find_port(ports, "Midi Through:Midi Through Port-0 14:0", "input") == 1
+    with pytest.raises(PortError, match=r"no MIDI input matches 'Keystaton'; available: 'Keystation 49"):
+        find_port(ports, "Keystaton", "input")
+    with pytest.raises(PortError, match="several"):
+        find_port(ports, "i", "input")
+    with pytest.raises(PortError, match="no MIDI input matches 'liveart in'"):
+        find_port(ports, "liveart in", "input")  # never liveart's own port
+
+
+def test_unknown_ports_and_devices_are_one_line_errors(server, probe, tmp_path):
+    run = [sys.executable, "-m", "liveart"]
+    cases = [
+        (["play", "--midi-api", "jack", "--in", "Keystaton"], "no MIDI input matches 'Keystaton'; available: "
+                                                               f"'{probe.midi_out_name}'"),
+        (["play", "--midi-api", "jack", "--virtual", "--out", "x"], "--out and --virtual"),
+        (["play", "--midi-api", "jack", "--virtual", "--audio-device", "nosuch"],
+         "no audio output device matches 'nosuch'; available: 'JACK Audio Connection Kit: system'"),
+        (["play", "--midi-api", "jack"], "no MIDI input: give --in NAME"),
+        (["play", "--midi-api", "jack", "--virtual", "--out", "liveart-probe"], "--out and --virtual"),
+        (["play", "--midi-api", "jack", "--in", "liveart-probe", "--out", "nosuch"], "no MIDI output matches 'nosuch'"),
+    ]
+    for args, expected in cases:
+        p = subprocess.run(run + args + ["--takes", str(tmp_path / "t")], env=server.env, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 1, (args, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("liveart: error: ") and expected in lines[0], (args, p.stderr)
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "t").exists() or not list((tmp_path / "t").glob("*.mid"))  # no take for a failed start
+
+    p = subprocess.run(run + ["devices"], env=server.env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert probe.midi_out_name in p.stdout and probe.midi_in_name in p.stdout
+    assert "JACK Audio Connection Kit: system" in p.stdout
+
+
+# ----------------------------------------------------------------------------- a performance
+def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
+    """One minute of playing with the melody model generating (free mode, internal clock) and every
+    channel decoded by the timbre model: the player's notes all sound within a few periods, the
+    model's notes and the clock come out on the MIDI output on the clock's grid, no xrun, SIGTERM
+    ends every note, and the take replays offline to the same audio."""
+    live = Live(server, tmp_path, "--virtual", "--mode", "free", "--bpm", "120", "--seed", "3")
+    try:
+        midi_in, audio = live.wait_ports(probe)
+        probe.connect_midi_from(probe.wait_for_port(r"^liveart(:midi_out| out:)", is_midi=True, is_output=True, timeout_s=10))
+        probe.connect_midi_to(midi_in)
+        # The model's channel (2) muted: its voices are still decoded by the timbre model, but the
+        # player's onsets can be measured on a quiet background.
+        probe.send_at(probe.frame_time + 2 * PERIOD, bytes([0xB1, 7, 0]))
+        capture = probe.capture_midi()
+        xruns_before = probe.xruns
+        result = jackprobe.measure_latency(probe, None, audio, notes=140, note=67, velocity=100,
+                                           spacing_frames=int(0.4 * SR), keep_recording=True)
+        xruns = probe.xruns - xruns_before
+    finally:
+        rc = live.stop()
+    assert rc == 0, live.stderr
+    assert "Traceback" not in live.stderr
+
+    # Every note sounded, within a few periods (the benchmark measures the real figures).
+    assert result.missed == 0, result.summary()
+    assert result.p99_frames <= 4 * PERIOD, result.summary()
+    assert result.callback_errors == 0
+    log = live.log()
+    assert log["error"] is None
+    assert log["stats"]["generated_notes"] > 30  # the model played all along
+    assert log["timing"]["timbre_late_frames"] < 0.01 * max(1, log["stats"]["callbacks"])
+    print("latency", result.summary(), "xruns (server)", xruns, "liveart", log["stats"], log["timing"])
+    # Zero xruns is the target (docs/benchmarks.md has the figures); on a 2-core machine a Python
+    # JACK client sees a few a minute even alone (the minimal instrument: 1-5 in 30 s), so the test
+    # holds the line a broken host would cross: late callbacks by the hundred.
+    assert xruns <= 30, (xruns, log["stats"], log["timing"], _xrun_lines(server))
+    assert log["timing"]["callbacks_over_period"] <= 0.005 * log["stats"]["callbacks"], log["timing"]
+
+    # The model's notes and the clock on the MIDI output.
+    midi = capture.events()
+    ticks = np.array([f for f, m in midi if m == b"\xf8"])
+    assert len(ticks) > 24 * 2 * 40  # 120 bpm: 48 ticks a second
+    intervals = np.diff(ticks)
+    assert abs(np.median(intervals) - 1000) <= 1, np.median(intervals)  # 120 bpm at 48 kHz: a tick = 1000 frames
+    ons, offs = _note_events(midi)
+    model_ons = np.array([f for f, ch, _n in ons if ch == 1])
+    assert len(model_ons) > 30
+    # On the grid of 16ths (6 ticks): each note-on near a tick whose index is a multiple of 6.
+    start = ticks[0]
+    phase = (model_ons - start) % 6000
+    phase = np.minimum(phase, 6000 - phase)
+    assert np.percentile(phase, 99) <= 3 * PERIOD, np.sort(phase)[-10:]
+    assert not _hanging(midi), _hanging(midi)  # SIGTERM ended every note it sent
+
+    # The take: readable, holds the player's notes and the model's, and replays offline.
+    import mido
+
+    take = live.take()
+    notes = [m for m in mido.MidiFile(take) .tracks[0] if m.type == "note_on" and m.velocity > 0]
+    assert sum(m.channel == 0 for m in notes) == 140
+    assert sum(m.channel == 1 for m in notes) == len(model_ons)
+    wav = tmp_path / "replay.wav"
+    p = subprocess.run([sys.executable, "-m", "liveart", "render", str(take), "-o", str(wav), "-q",
+                        "--format", "float"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    import soundfile as sf
+
+    offline, sr = sf.read(wav, dtype="float32")
+    assert sr == SR
+    # Align the live recording with the render by the first note, then compare each note's onset
+    # and the loudness envelope.
+    live_audio = result.recording.audio[:, 0]
+    live_onsets = np.array(result.latencies_frames) + (result.note_frames - result.recording.start_frame)
+    offline_onsets = np.array(jackprobe.detect_onsets(
+        offline[:, :1], _take_note_frames(take), max_latency_frames=2400))
+    take_frames = _take_note_frames(take)
+    offline_onsets = offline_onsets + take_frames
+    shift = live_onsets[0] - offline_onsets[0]
+    assert np.all(np.abs((live_onsets - shift) - offline_onsets) <= 2), np.abs((live_onsets - shift) - offline_onsets).max()
+    a = _envelope(live_audio[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift), live_audio]))
+    b = _envelope(offline[:, 0])
+    n = min(len(a), len(b), int(50 * SR / 480))
+    corr = np.corrcoef(a[:n], b[:n])[0, 1]
+    assert corr > 0.95, corr
+
+
+def _xrun_lines(server) -> list[str]:
+    """The server's own account of each xrun (which client was late)."""
+    return [line for line in server.log_text().splitlines() if "XRun" in line][-20:]
+
+
+def _take_note_frames(take: Path) -> np.ndarray:
+    import mido
+
+    frames, t = [], 0
+    for m in mido.MidiFile(take).tracks[0]:
+        t += m.time
+        if m.type == "note_on" and m.velocity > 0 and m.channel == 0:
+            frames.append(t)  # a take's tick is one audio frame
+    return np.array(frames, np.int64)
+
+
+def _envelope(x: np.ndarray, hop: int = 480) -> np.ndarray:
+    n = len(x) // hop
+    return np.sqrt(np.mean(x[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1))
