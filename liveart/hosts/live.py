@@ -60,6 +60,7 @@ RECONNECT_POLL_SECONDS = 0.5
 TIMING_HISTORY = 1 << 16  # callback durations kept (about 3 minutes at 375 callbacks a second)
 STOP_RELEASE_SECONDS = 0.4  # after the final note-offs the audio runs on this long, so releases do not click
 MAX_BLOCK_FRAMES = 8192
+MAX_CATCH_UP_FRAMES = 4096  # after an xrun, the JACK backend renders up to this many missed frames unheard
 CLOCK_START, CLOCK_TICK, CLOCK_CONTINUE, CLOCK_STOP, SONG_POSITION = 0xFA, 0xF8, 0xFB, 0xFC, 0xF2
 DRUM_CHANNEL = 9
 # Markers the conductor and main thread send through the audio thread's queue.
@@ -101,6 +102,8 @@ class LiveStats:
     melody_steps: int = 0
     melody_step_max_ms: float = 0.0
     panics: int = 0
+    caught_up_frames: int = 0  # JACK: frames of cycles missed in xruns, rendered unheard to keep time
+    slipped_frames: int = 0  # JACK: missed frames beyond what is caught up (time slipped by this much)
     errors: list = field(default_factory=list)
 
 
@@ -177,6 +180,7 @@ class LiveHost:
         self.take = None
         self.log_path: Path | None = None
         self._sounding_out: set[tuple[int, int]] = set()
+        self._ever_out: set[tuple[int, int]] = set()  # (channel, note) of every note-on sent
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._closed = False
@@ -426,8 +430,20 @@ class LiveHost:
         jio = self.jack
         i = self.stats.callbacks % TIMING_HISTORY
         client = jio.client
-        self._wake_frames[i] = client.frame_time - client.last_frame_time  # how late into its cycle it started
+        cycle = client.last_frame_time
+        self._wake_frames[i] = client.frame_time - cycle  # how late into its cycle it started
         try:
+            # Cycles the server ran without liveart (an xrun): the engine catches up on them, unheard,
+            # so its time stays locked to the server's (the clock, MIDI out, the take keep their place).
+            gap = (cycle - self._jack_next_cycle) & 0xFFFFFFFF if self._jack_next_cycle is not None else 0
+            if 0 < gap <= MAX_CATCH_UP_FRAMES:
+                self._block(start, gap, self._jack_scratch[:gap])
+                self.stats.caught_up_frames += gap
+                start = self.engine.frame
+                self._published = (start, t0, frames)
+            elif gap > MAX_CATCH_UP_FRAMES and gap < 0x80000000:
+                self.stats.slipped_frames += gap
+            self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF
             taken = 0
             external = self.settings.clock == "external"
             for offset, data in jio.midi_in.incoming_midi_events():
@@ -451,10 +467,18 @@ class LiveHost:
             port = jio.midi_out
             port.clear_buffer()
             ready = self._out_ready
-            while ready:  # panic and the final note-offs: at once
+            while ready:  # panic and the final note-offs: at once (what does not fit, next cycle)
                 _frame, message = ready.popleft()
-                for m in self._out_messages(message):
-                    port.write_midi_event(0, m)
+                messages = self._out_messages(message)
+                for i, m in enumerate(messages):
+                    buffer = port.reserve_midi_event(0, len(m))
+                    if not buffer:  # the port's buffer is full
+                        ready.appendleft((0, list(messages[i:])))
+                        break
+                    buffer[:] = bytes(m)
+                else:
+                    continue
+                break
             pending = self._out_pending
             end = start + frames
             last = 0
@@ -473,15 +497,22 @@ class LiveHost:
         """What goes out for a queued message: itself, or for a marker the note-offs of every note
         liveart sent that still sounds (each with its own note-off: some gear ignores CC 123)."""
         sounding = self._sounding_out
-        if message == "panic" or message == "all off":
+        if message == "panic":
             offs = [(0x80 | channel, note, 0) for channel, note in sorted(sounding)]
+            sounding.clear()
+            return offs
+        if message == "all off":  # the end: every note ever sent gets a note-off, in case one got lost
+            offs = [(0x80 | channel, note, 0) for channel, note in sorted(self._ever_out)]
             sounding.clear()
             return offs
         if message == "quit":
             return ()
+        if isinstance(message, list):  # the rest of a long list of note-offs (a full JACK buffer)
+            return message
         kind = message[0] & 0xF0
         if kind == 0x90 and message[2] > 0:
             sounding.add((message[0] & 0x0F, message[1]))
+            self._ever_out.add((message[0] & 0x0F, message[1]))
         elif kind in (0x80, 0x90):
             sounding.discard((message[0] & 0x0F, message[1]))
         return (message,)
@@ -700,6 +731,8 @@ class LiveHost:
         try:
             if self.jack is not None:
                 self._jack_buffer = np.zeros((MAX_BLOCK_FRAMES, 2), np.float32)
+                self._jack_scratch = np.zeros((MAX_CATCH_UP_FRAMES, 2), np.float32)
+                self._jack_next_cycle = None
                 self.jack.start(self._jack_process)
             else:
                 import sounddevice as sd
