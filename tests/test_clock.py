@@ -423,3 +423,18 @@ def test_follower_next_step_never_repeats_or_skips():
         assert np.all(np.diff(at) > 0)
         errors = np.abs(at - true[TICKS_PER_STEP * np.array(steps)])
         assert np.percentile(errors, 90) < MAX_STEP_ERROR_FRAMES
+
+
+def test_follower_counts_ticks_lost_in_transport():
+    """JACK drops the MIDI of a cycle a client misses: a lost tick must not shift the song position."""
+    sr = 48000
+    follower = ClockFollower(sr)
+    follower.feed(0, [0xFA])
+    period = 1200  # 100 bpm
+    frames = [k * period for k in range(200) if k not in (50, 51, 120)]  # three ticks never arrive
+    for f in frames:
+        follower.feed(f, [0xF8])
+    assert follower.lost_ticks == 3
+    step, frame = follower.next_step(200 * period)
+    assert frame % (6 * period) == 0 and step == frame // (6 * period)
+    assert abs(follower.position_steps(199 * period) - 199 / 6) < 0.01

@@ -1051,14 +1051,17 @@ class JackIO:
 
     def start(self, process) -> None:
         client = self.client
-        self.midi_in = client.midi_inports.register("midi_in")
-        self.midi_out = client.midi_outports.register("midi_out")
-        self.audio_out = [client.outports.register(f"out_{i}") for i in range(2)]
-        client.set_process_callback(process)
+        self._process = None
+        client.set_process_callback(self._run)
         client.set_xrun_callback(self._on_xrun)
         client.set_shutdown_callback(self._on_shutdown)
         client.activate()
         self.active = True
+        # Registered once active, so that a port that can be seen can be connected to.
+        self.audio_out = [client.outports.register(f"out_{i}") for i in range(2)]
+        self.midi_out = client.midi_outports.register("midi_out")
+        self.midi_in = client.midi_inports.register("midi_in")
+        self._process = process
         targets = self.audio_targets
         if targets is None:
             targets = [p.name for p in client.get_ports(is_audio=True, is_input=True, is_physical=True)]
@@ -1069,6 +1072,11 @@ class JackIO:
         if self.port_name is not None:
             client.connect(self.port_name, self.midi_in)
             self.status.connected = True
+
+    def _run(self, frames: int) -> None:
+        process = self._process
+        if process is not None:
+            process(frames)
 
     def _on_xrun(self, delayed_usecs: float) -> None:
         self.xruns += 1

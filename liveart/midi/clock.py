@@ -75,7 +75,9 @@ BIAS_SMOOTHING = 0.2  # weight of a new residual in the running mean residual (t
 BIAS_SIGMAS = 4.0  # a mean residual this many of its own deviations from 0: the tempo is moving
 BIAS_FLOOR_SECONDS = 0.0002  # ... and at least this large (a clean clock's rounding is not a ramp)
 MAX_TICK_GAP_SECONDS = 2.0  # a longer gap between ticks restarts the estimator; predictions expire after it
-TEMPO_REPORT_BPM = 1.0  # feed() says 'tempo' when the estimate moved by more than this since it last did
+TEMPO_REPORT_BPM = 1.0
+MAX_LOST_TICKS = 12  # at most half a beat of ticks is taken as lost in transport
+LOST_TICK_TOLERANCE = 0.25  # ticks late by a whole number of periods, give or take this much of one  # feed() says 'tempo' when the estimate moved by more than this since it last did
 
 
 def check_bpm(bpm: float) -> float:
@@ -406,6 +408,7 @@ class ClockFollower(_StepGrid):
         self._bias_floor_frames = BIAS_FLOOR_SECONDS * self.sample_rate
         self._reported_bpm: float | None = None
         self._announced = None
+        self.lost_ticks = 0  # ticks inferred lost in transport (counted into the song position)
 
     # -- input -----------------------------------------------------------------------------------
     def feed(self, frame: int, message) -> str | None:
@@ -500,6 +503,16 @@ class ClockFollower(_StepGrid):
         self._pending.append((count, frame, residual))
         if len(self._pending) < CHANGE_TICKS:
             return
+        lost = self._lost_ticks()
+        if lost:
+            # The ticks kept their tempo but came m tick periods late: m ticks were lost on the way
+            # (JACK drops the MIDI of a cycle a client misses). The song position counts them.
+            self._arrivals += lost
+            self.lost_ticks += lost
+            self._window.extend((k + lost, f) for k, f, _ in self._pending)
+            self._pending.clear()
+            self._fit()
+            return
         if all(r > 0 for _, _, r in self._pending) or all(r < 0 for _, _, r in self._pending):
             # The ticks left the line for good: a new tempo (or phase) from the last tick on it.
             junction = self._window[-1]
@@ -511,6 +524,20 @@ class ClockFollower(_StepGrid):
         self._window.extend((k, f) for k, f, _ in self._pending)
         self._pending.clear()
         self._fit()
+
+    def _lost_ticks(self) -> int:
+        """m >= 1 when every tick set aside lies m tick periods after the line (within a quarter
+        period): ticks lost on the way, not a new tempo. 0 otherwise."""
+        period = self._line[2]
+        if not period > 0 or self._jitter_frames is None or self._jitter_frames > 0.1 * period:
+            return 0
+        ratios = [r / period for _, _, r in self._pending]
+        m = round(ratios[0])
+        if not 1 <= m <= MAX_LOST_TICKS:
+            return 0
+        if all(abs(x - m) < LOST_TICK_TOLERANCE for x in ratios):
+            return m
+        return 0
 
     def _drifting(self, residual: float) -> bool:
         """Track the mean residual (frames) of the ticks on the line; True when it is significant
