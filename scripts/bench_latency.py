@@ -59,12 +59,16 @@ from liveart.testing.jackprobe import (  # noqa: E402
 
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 DEFAULT_SAMPLE_RATE = 48000
-DEFAULT_LIVEART_ARGS = "--no-melody --no-take"
+# The melody model plays all along (free mode) and every channel decodes through the timbre model;
+# the model's channel (2) is muted by CC 7 before the notes, so its voices are decoded but the
+# probe's onsets stand on a quiet background.
+DEFAULT_LIVEART_ARGS = "--mode free --no-take"
+MUTE_MODEL_CHANNEL = bytes([0xB1, 7, 0])
 PORT_TIMEOUT_S = 30.0  # FluidSynth loads a 148 MB SoundFont; liveart loads its models
 SETTLE_S = 0.5  # after the ports appear, let the target finish starting before the first note
 STOP_TIMEOUT_S = 10.0
 STDERR_LINES_SHOWN = 5
-LIVEART_MIDI_PORT = r"^liveart in:"
+LIVEART_MIDI_PORT = r"^liveart(:midi_in| in:)"  # the jack backend's port, or rtmidi's virtual port
 # PortAudio names its JACK client after the stream's client name: "PortAudio" by default, "liveart"
 # as liveart play sets it; "-NN" is added when the name is taken.
 LIVEART_AUDIO_PORTS = r"^(liveart|PortAudio)(-[0-9]+)?:out_[0-9]+$"
@@ -81,6 +85,7 @@ class Target:
     midi_port: str  # regex of its MIDI input
     audio_ports: str  # regex of its audio outputs
     quit_on_stdin: bytes | None = None  # FluidSynth's shell: 'quit'; others get SIGTERM
+    prelude: tuple = ()  # MIDI messages sent before the notes
 
 
 def fluidsynth_target(server: JackServer, soundfont: Path) -> Target:
@@ -93,10 +98,11 @@ def fluidsynth_target(server: JackServer, soundfont: Path) -> Target:
                   quit_on_stdin=b"quit\n")
 
 
-def liveart_target(server: JackServer, patch: str, extra_args: str) -> Target:
-    argv = [sys.executable, "-m", "liveart", "play", "--midi-api", "jack", "--virtual",
+def liveart_target(server: JackServer, patch: str, extra_args: str, backend: str = "jack") -> Target:
+    argv = [sys.executable, "-m", "liveart", "play", "--backend", backend, "--midi-api", "jack", "--virtual",
             "--block", str(server.period), "--no-status", "--patch", patch, *shlex.split(extra_args)]
-    return Target("liveart", argv, LIVEART_MIDI_PORT, LIVEART_AUDIO_PORTS)
+    name = "liveart" if backend == "jack" else f"liveart-{backend}"
+    return Target(name, argv, LIVEART_MIDI_PORT, LIVEART_AUDIO_PORTS, prelude=(MUTE_MODEL_CHANNEL,))
 
 
 def command_target(server: JackServer, command: str, midi_regex: str, audio_regex: str) -> Target:
@@ -160,6 +166,9 @@ def measure_target(target: Target, server: JackServer, args, log_dir: Path) -> L
                                          is_output=True, process=proc)
         except JackProbeError as e:
             raise TargetUnavailable(f"{e}; its output: {tail(log)}") from e
+        for message in target.prelude:
+            probe.connect_midi_to(midi)
+            probe.send_at(probe.frame_time + 2 * server.period, message)
         time.sleep(SETTLE_S)
         audio = sorted(probe.find_ports(target.audio_ports, is_audio=True, is_output=True))[:2]
         print(f"  {target.name} @ {server.period}: {shlex.join(target.argv)}", flush=True)
@@ -188,7 +197,7 @@ def main(argv=None) -> int:
     parser.add_argument("--periods", default="64,128", help="JACK periods in frames (default 64,128)")
     parser.add_argument("--notes", type=int, default=200, help="notes per measurement (default 200)")
     parser.add_argument("--targets", default="fluidsynth,liveart",
-                        help="comma-separated: fluidsynth, liveart, command")
+                        help="comma-separated: fluidsynth, liveart (the jack backend), liveart-portaudio, command")
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
     parser.add_argument("--spacing-ms", type=float, default=350.0, help="note-on to note-on (default 350)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the send offsets")
@@ -213,14 +222,14 @@ def main(argv=None) -> int:
         print(f"bench_latency: --periods must be integers like 64,128, got {args.periods!r}", file=sys.stderr)
         return 2
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(targets) - {"fluidsynth", "liveart", "command"}
+    unknown = set(targets) - {"fluidsynth", "liveart", "liveart-portaudio", "command"}
     if unknown:
         print(f"bench_latency: unknown target(s) {sorted(unknown)}; choose from fluidsynth, liveart, command",
               file=sys.stderr)
         return 2
 
     skipped: dict[str, str] = {}
-    if "liveart" in targets:
+    if "liveart" in targets or "liveart-portaudio" in targets:
         try:
             check_liveart_play()
         except TargetUnavailable as e:
@@ -238,6 +247,8 @@ def main(argv=None) -> int:
                             target = fluidsynth_target(server, args.soundfont)
                         elif name == "liveart":
                             target = liveart_target(server, args.patch, args.liveart_args)
+                        elif name == "liveart-portaudio":
+                            target = liveart_target(server, args.patch, args.liveart_args, backend="portaudio")
                         else:
                             target = command_target(server, args.command, args.command_midi,
                                                     args.command_audio)

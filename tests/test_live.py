@@ -404,3 +404,36 @@ def test_portaudio_backend_plays_and_sends(server, probe, tmp_path):
     assert sum(ch == 1 for _f, ch, _n in ons) > 5
     assert not _hanging(capture.events())
     assert live.log()["backend"] == "portaudio"
+
+
+def test_panic_control_silences_everything(server, probe, tmp_path):
+    """A controller mapped to "panic": every voice stops at once (held keys included) and every note
+    liveart sent out gets its own note-off."""
+    patch = tmp_path / "panic.toml"
+    patch.write_text('name = "panic"\n[channels.default]\npreset = "strings"\n'
+                     '[[cc]]\nnumber = 26\nparam = "panic"\n')
+    live = Live(server, tmp_path, "--virtual", "--patch", str(patch), "--mode", "free", "--no-take")
+    try:
+        midi_in, audio = live.wait_ports(probe)
+        probe.connect_midi_from(probe.wait_for_port(r"^liveart(:midi_out| out:)", is_midi=True, is_output=True))
+        probe.connect_midi_to(midi_in)
+        probe.connect_audio_from(audio)
+        capture = probe.capture_midi()
+        rec = probe.record(probe.frame_time + PERIOD, seconds=4)
+        t = rec.start_frame + SR // 2
+        probe.schedule([(t + i, bytes([0x90, n, 100])) for i, n in enumerate((48, 55, 60, 64))])  # held
+        panic = t + 2 * SR
+        probe.send_at(panic, bytes([0xB0, 26, 127]))
+        assert rec.wait(20)
+        assert live.proc.poll() is None
+    finally:
+        rc = live.stop()
+    assert rc == 0, live.stderr
+    a = np.abs(rec.audio).max(axis=1)
+    before = a[panic - rec.start_frame - SR // 2: panic - rec.start_frame].max()
+    after = a[panic - rec.start_frame + SR // 20: panic - rec.start_frame + SR].max()
+    assert before > 0.01 and after < 1e-4, (before, after)
+    midi = [(f, m) for f, m in capture.events() if f <= panic + SR // 10]
+    ons = [(f, m) for f, m in midi if len(m) == 3 and m[0] == 0x91 and m[2] > 0]
+    assert ons, "the model played before the panic"
+    assert not _hanging(midi), _hanging(midi)  # each of its notes ended by the panic (or before)

@@ -546,8 +546,10 @@ class Probe:
 
     def _connect(self, source: str, destination: str) -> None:
         jack = _import_jack()
+        if any(p.name == destination for p in self.client.get_all_connections(source)):
+            return  # already connected
         try:
-            self.client.connect(source, destination)  # already connected: no error
+            self.client.connect(source, destination)
         except jack.JackError as e:
             raise JackProbeError(f"cannot connect JACK port {source!r} to {destination!r}: {e}; "
                                  f"available ports: {', '.join(self.find_ports())}") from e

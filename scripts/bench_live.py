@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Endurance of the live host on JACK: xruns and timing over a long run with everything active.
+
+    .venv/bin/python scripts/bench_live.py [--seconds 600] [--period 64] [--voices 16] [--backend jack]
+
+A private jackd (dummy backend, 48 kHz, ``--period`` frames) runs ``liveart play --virtual --mode free``
+(the melody model generating all along, every channel decoded by the timbre model, the take saved);
+the JACK test client of :mod:`liveart.testing.jackprobe` holds chords of ``--voices`` - 1 notes
+(plus the model's own note: ``--voices`` sounding voices), a new chord every 2 s, and counts the
+xruns the server reports. At the end liveart's own log gives the callback's timing, late model notes
+and timbre frames. Prints one block of figures; nothing is asserted (the targets live in
+docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from liveart.testing.jackprobe import JackServer, Probe  # noqa: E402
+
+CHORD_SECONDS = 2.0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--period", type=int, default=64)
+    parser.add_argument("--voices", type=int, default=16)
+    parser.add_argument("--backend", default="jack", choices=("jack", "portaudio"))
+    parser.add_argument("--patch", default="default")
+    args = parser.parse_args(argv)
+    print("#", shlex.join([sys.executable, *sys.argv]), flush=True)
+    sr = 48000
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, JackServer(sample_rate=sr, period=args.period) as server, \
+            Probe("endurance-probe") as probe:
+        argv = [sys.executable, "-m", "liveart", "play", "--backend", args.backend, "--midi-api", "jack", "--virtual",
+                "--mode", "free", "--no-status", "--patch", args.patch, "--takes", tmp]
+        proc = subprocess.Popen(argv, env=server.env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        midi_in = probe.wait_for_port(r"^liveart(:midi_in| in:)", timeout_s=60, is_midi=True, is_input=True,
+                                      process=proc)
+        probe.connect_midi_to(midi_in)
+        time.sleep(1.0)
+        rng = np.random.default_rng(0)
+        first = probe.frame_time + sr // 2
+        hop = int(CHORD_SECONDS * sr)
+        events, held = [], []
+        for k in range(int(args.seconds / CHORD_SECONDS)):
+            f = first + k * hop
+            events += [(f, bytes([0x80, n, 0])) for n in held]
+            held = sorted(rng.choice(np.arange(40, 90), size=args.voices - 1, replace=False).tolist())
+            events += [(f + 1 + i, bytes([0x90, n, 70])) for i, n in enumerate(held)]
+        end = first + int(args.seconds * sr)
+        events += [(end, bytes([0x80, n, 0])) for n in held]
+        xruns_before = probe.xruns
+        started = time.monotonic()
+        probe.schedule(events)
+        probe.wait_until_frame(end + sr // 2, timeout_s=args.seconds + 60)
+        xruns = probe.xruns - xruns_before
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        logs = list(Path(tmp).glob("*.log.json"))
+        if proc.returncode != 0 or not logs:
+            print(f"liveart play failed (status {proc.returncode}): {err.strip()[-500:]}", file=sys.stderr)
+            return 1
+        log = json.loads(logs[0].read_text())
+    t, st = log["timing"], log["stats"]
+    minutes = (time.monotonic() - started) / 60
+    print(f"backend {args.backend}, period {args.period} frames ({t['block_ms']:.2f} ms), {args.voices} voices, "
+          f"{minutes:.1f} min")
+    print(f"xruns (server, during the run): {xruns}   liveart's count over its whole run: {st['xruns']}")
+    print(f"callbacks {st['callbacks']}, over their period {t['callbacks_over_period']}; "
+          f"callback p50/p99/max {t['callback_ms_p50']:.2f}/{t['callback_ms_p99']:.2f}/{t['callback_ms_max']:.2f} ms; "
+          f"start into the cycle p99/max {t['callback_start_frames_p99']:.0f}/{t['callback_start_frames_max']} frames")
+    print(f"model notes {st['generated_notes']}, late {st['generated_late']} (max {st['generated_late_max_frames']} "
+          f"frames); melody step p50/p99 {t['melody_step_ms_p50']:.2f}/{t['melody_step_ms_p99']:.2f} ms")
+    print(f"timbre frames late {t['timbre_late_frames']}, decode p99 {t['timbre_decode_ms_p99']:.2f} ms; "
+          f"frames caught up after xruns {st['caught_up_frames']}, slipped {st['slipped_frames']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
