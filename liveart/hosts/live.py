@@ -232,11 +232,11 @@ class LiveHost:
             raise PortError(f"the JACK server's period is {self.block_frames} frames; --block {s.block_frames} "
                             f"cannot be used with it (restart jackd with -p {s.block_frames}, or leave --block out)")
         if s.audio_device is not None:
-            jack_io.audio_targets = jack_io.find(s.audio_device, midi=False, output=False, what="audio input")
+            jack_io.audio_targets = jack_io.find(s.audio_device, midi=False, output=False, what="audio output")
         if s.input_name is not None:
             jack_io.want_input(s.input_name)
         if s.output_name is not None:
-            jack_io.midi_targets = [jack_io.find(s.output_name, midi=True, output=False, what="MIDI input")[0]]
+            jack_io.midi_targets = [jack_io.find(s.output_name, midi=True, output=False, what="MIDI output")[0]]
         self.midi_out = "jack"  # the JACK client's own port: written in the process callback
         jack_io.on_xrun = self._count_xrun
 
@@ -1042,12 +1042,12 @@ class JackIO:
             return hits
         listing = ", ".join(repr(p) for p in ports) or "none"
         if not hits:
-            raise PortError(f"no {what} port matches {name!r}; available: {listing}")
-        raise PortError(f"several {what} ports match {name!r}: {', '.join(map(repr, hits))}; give more of the name")
+            raise PortError(f"no {what} matches {name!r}; available: {listing}")
+        raise PortError(f"several {what}s match {name!r}: {', '.join(map(repr, hits))}; give more of the name")
 
     def want_input(self, name: str) -> None:
         self.input_name = name
-        self.port_name = self.find(name, midi=True, output=True, what="MIDI output")[0]
+        self.port_name = self.find(name, midi=True, output=True, what="MIDI input")[0]  # (a port that sends to us)
 
     def start(self, process) -> None:
         client = self.client
@@ -1099,7 +1099,7 @@ class JackIO:
                 return "lost"
             return None
         try:
-            port = self.port_name if self.port_name in names else self.find(self.input_name, True, True, "MIDI output")[0]
+            port = self.port_name if self.port_name in names else self.find(self.input_name, True, True, "MIDI input")[0]
             self.client.connect(port, self.midi_in)
         except Exception:
             return None

@@ -529,9 +529,15 @@ class ClockFollower(_StepGrid):
         """m >= 1 when every tick set aside lies m tick periods after the line (within a quarter
         period): ticks lost on the way, not a new tempo. 0 otherwise."""
         period = self._line[2]
-        if not period > 0 or self._jitter_frames is None or self._jitter_frames > 0.1 * period:
+        if not period > 0:
             return 0
-        ratios = [r / period for _, _, r in self._pending]
+        # The ticks set aside keep the line's tempo (their own spacing is about one period each) ...
+        pending = self._pending
+        for (k0, f0, _), (k1, f1, _) in zip(pending, pending[1:]):
+            if k1 != k0 + 1 or abs((f1 - f0) / period - 1.0) > LOST_TICK_TOLERANCE:
+                return 0
+        # ... and all lie the same whole number of periods after it.
+        ratios = [r / period for _, _, r in pending]
         m = round(ratios[0])
         if not 1 <= m <= MAX_LOST_TICKS:
             return 0
