@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .frames import ONSET_SECONDS
 from ..synth.bank import build_tables
 from .model import TimbreModel
 
@@ -154,7 +155,8 @@ class TimbreWorker:
             n = np.repeat(notes, layers)
             v = np.tile(VELOCITY_LAYERS, 128)
             z = np.repeat(places[c][None, :], len(n), axis=0)
-            h, nz, a = self.model.frames(z, n, v, np.zeros(len(n)), np.full(len(n), -1.0), self.sample_rate)
+            h, nz, a = self.model.frames(z, n, v, np.full(len(n), ONSET_SECONDS), np.full(len(n), -1.0),
+                                          self.sample_rate)
             harmonics[c] = h.reshape(128, layers, -1)
             noise[c] = nz.reshape(128, layers, -1)
             amp[c] = a.reshape(128, layers)
