@@ -46,7 +46,7 @@ from .timbre.frames import MAX_OFF_SECONDS, ONSET_SECONDS
 # Timbre-model voices: the model shapes attack, sustain and release; the synth's own envelope only
 # opens without a click and closes the voice TIMBRE_RELEASE_SECONDS after the note-off at the latest
 # (a released voice ends sooner once the model says it is silent).
-TIMBRE_ATTACK_SECONDS = 0.002
+TIMBRE_ATTACK_SECONDS = 0.001
 # FluidR3_GM (at the synth gain the data was rendered with) plays about 15 dB under the presets: the
 # demo piece measured -29.3 dB RMS at a level of 3 against -23.6 dB with the presets.
 TIMBRE_LEVEL = 6.0
