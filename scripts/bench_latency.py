@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import json
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from liveart.testing.jackprobe import (  # noqa: E402
     Probe,
     jack_unavailable_reason,
     measure_latency,
+    stop_process,
 )
 
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -141,18 +141,12 @@ def running(target: Target, server: JackServer, log_dir: Path):
         try:
             yield proc, log
         finally:
-            if proc.poll() is None:
-                if target.quit_on_stdin is not None:
-                    with contextlib.suppress(OSError):
-                        proc.stdin.write(target.quit_on_stdin)
-                        proc.stdin.flush()
-                else:
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            def quit_on_stdin(p):
+                with contextlib.suppress(OSError):
+                    p.stdin.write(target.quit_on_stdin)
+                    p.stdin.flush()
+
+            stop_process(proc, STOP_TIMEOUT_S, ask=quit_on_stdin if target.quit_on_stdin is not None else None)
             with contextlib.suppress(OSError):
                 proc.stdin.close()
 

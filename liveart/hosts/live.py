@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import signal
 import sys
@@ -44,7 +43,7 @@ from ..engine import Engine
 from ..errors import LiveartError, PortError
 from ..patch import Patch
 
-SWITCH_INTERVAL_SECONDS = float(os.environ.get("LIVEART_SWITCH", "0.0005"))  # Python's GIL hand-over interval while playing (default 5 ms > a block)
+SWITCH_INTERVAL_SECONDS = 0.0005  # Python's GIL hand-over interval while playing (default 5 ms > a block)
 MAX_INBOX = 512  # queued input messages; beyond this a flood's note-ons are dropped (note-offs never)
 MAX_EVENTS_PER_BLOCK = 64  # input events taken into one block; the rest wait for the next
 LEAD_SECONDS = 0.004  # the conductor decides a step this long (plus two blocks) before it sounds
@@ -154,7 +153,7 @@ class LiveHost:
 
     def __init__(self, patch: Patch, settings: LiveSettings, out=sys.stderr, melody_model=None, timbre_model=None):
         self.patch = patch
-        self.settings = s = settings
+        self.settings = settings
         self.out = out
         self.stats = LiveStats()
         self._stop = threading.Event()
@@ -168,8 +167,8 @@ class LiveHost:
         self._record: deque = deque()  # (frame, message) played, for the take
         self._published = (0, time.perf_counter(), 128)  # (block start frame, its wall time, frames)
         self._durations = np.zeros(TIMING_HISTORY)
-        self._input_held = np.zeros((16, 128), bool)
-        self._wake_frames = np.zeros(TIMING_HISTORY, np.int32)  # JACK: the callback's start, frames into the cycle  # the player's keys down (the audio thread's view)
+        self._input_held = np.zeros((16, 128), bool)  # the player's keys down (the audio thread's view)
+        self._wake_frames = np.zeros(TIMING_HISTORY, np.int32)  # JACK: the callback's start, frames into its cycle
         self._melody_ms = deque(maxlen=4096)
         self._threads: list[threading.Thread] = []
         self._inputs = []
@@ -192,8 +191,6 @@ class LiveHost:
 
     # ------------------------------------------------------------------ set-up
     def _open(self, melody_model, timbre_model) -> None:
-        from ..midi import ports
-
         s = self.settings
         if s.clock not in ("internal", "external"):
             raise LiveartError(f"clock must be internal or external, not {s.clock!r}")
@@ -292,11 +289,13 @@ class LiveHost:
             if s.mode is not None:
                 settings = replace(settings, mode=s.mode)
             model = melody_model or MelodyModel(self.patch.melody.model)
-            self.partner = Partner(model, settings, seed=self.patch.melody.seed + s.seed, meter=rep.Meter(),
-                                   step_seconds=60.0 / (s.bpm * 4))
-            self.partner.step(0)  # warm the model (first ORT run allocates)
-            self.partner = Partner(model, settings, seed=self.patch.melody.seed + s.seed, meter=rep.Meter(),
-                                   step_seconds=60.0 / (s.bpm * 4))
+
+            def partner():
+                return Partner(model, settings, seed=self.patch.melody.seed + s.seed, meter=rep.Meter(),
+                               step_seconds=60.0 / (s.bpm * 4))
+
+            partner().step(0)  # warm the model (its first run allocates), then start fresh
+            self.partner = partner()
         self._melody_settings = self.partner.settings if self.partner else None
         if s.takes_dir is not None:
             from .takes import TakeWriter
@@ -550,8 +549,8 @@ class LiveHost:
         self.clock = clock
         send_clock = internal and self.midi_out is not None
         if send_clock:
-            self._out_pending.append((clock_start_frame(clock), (CLOCK_START,)))
-        ticks_until = clock_start_frame(clock) if internal else 0
+            self._out_pending.append((clock.start_frame, (CLOCK_START,)))
+        ticks_until = clock.start_frame if internal else 0
         last_frame = -1  # the frame of the last step played
         base = 0  # partner step = clock position + base (the partner's steps only increase)
         rebase = True
@@ -718,7 +717,6 @@ class LiveHost:
 
     def run(self) -> LiveStats:
         """Play until stopped; then note-offs for everything, the take closed, the log written."""
-        s = self.settings
         old_switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         handlers = {}
@@ -789,7 +787,7 @@ class LiveHost:
                 self._poll_inputs()
                 next_poll = now + RECONNECT_POLL_SECONDS
             if s.status and now >= next_status:
-                self._print_status(now - started, final=False)
+                self._print_status(now - started)
                 next_status = now + (STATUS_SECONDS if self.out.isatty() else STATUS_SECONDS_NOT_TTY)
             if self.jack is not None and self.jack.shutdown_reason:
                 self._fail(f"the JACK server shut liveart out ({self.jack.shutdown_reason})")
@@ -837,11 +835,9 @@ class LiveHost:
 
     def timing(self) -> dict:
         """Figures of the callback, the models and the queues so far."""
-        n = min(self.stats.callbacks, TIMING_HISTORY)
+        n = min(self.stats.callbacks, TIMING_HISTORY)  # the ring is full once n == TIMING_HISTORY
         d = self._durations[:n] * 1e3 if n else np.zeros(1)
         block_ms = self.block_frames / self.sample_rate * 1e3
-        if n and self.stats.callbacks > TIMING_HISTORY:
-            d = self._durations * 1e3
         melody = np.array(self._melody_ms) if self._melody_ms else np.zeros(1)
         worker = self.timbre_worker
         decode = np.array(worker.decode_seconds) * 1e3 if worker is not None and worker.decode_seconds else np.zeros(1)
@@ -859,7 +855,7 @@ class LiveHost:
             "voices": self.engine.sounding_voices(),
         }
 
-    def _print_status(self, elapsed: float, final: bool) -> None:
+    def _print_status(self, elapsed: float) -> None:
         t = self.timing()
         st = self.stats
         inputs = " ".join(("in ok" if i.status.connected else "in LOST") for i in self._all_inputs())
@@ -918,12 +914,11 @@ class LiveHost:
             thread.join(timeout=2.0)
         if self.jack is None and self.midi_out is not None and not any(
                 t.name == "liveart-midi-out" and t.is_alive() for t in self._threads):
-            for channel, note in sorted(self._sounding_out):  # the sender never ran (or died): do it here
-                try:
-                    self.midi_out.send_message([0x80 | channel, note, 0])
-                except Exception:
-                    break
-            self._sounding_out.clear()
+            try:  # the sender never ran (or died): its last note-offs are sent here
+                for m in self._out_messages("all off"):
+                    self.midi_out.send_message(list(m))
+            except Exception:
+                pass
         end_frame = self.engine.frame
         if self.take is not None:
             try:
@@ -937,7 +932,7 @@ class LiveHost:
         if self.settings.status:
             if self.out.isatty():
                 self.out.write("\n")
-            self._print_status(end_frame / self.sample_rate, final=True)
+            self._print_status(end_frame / self.sample_rate)
         self._close_ports()
 
     def _write_log(self, end_frame: int) -> None:
@@ -963,7 +958,6 @@ class LiveHost:
                 midi_in.close()
             except Exception:
                 pass
-        self._inputs_closed = True
         if self.jack is not None:
             self.jack.close()
             self.midi_out = None
@@ -1028,22 +1022,14 @@ class JackIO:
         return cls(client)
 
     def find(self, name: str, midi: bool, output: bool, what: str) -> list[str]:
-        """Full names of other clients' ports that ``name`` names (exact, else a unique substring;
-        audio: every port of the client it names, in order)."""
+        """Full names of other clients' ports that ``name`` names (see
+        :func:`~liveart.midi.ports.match_names`; audio: every port of the client it names, in order)."""
+        from ..midi.ports import match_names
+
         ports = [p.name for p in self.client.get_ports(is_midi=midi, is_audio=not midi, is_output=output,
                                                        is_input=not output)
                  if not p.name.startswith(self.client.name + ":")]
-        wanted = name.strip().lower()
-        exact = [p for p in ports if p.lower() == wanted]
-        if exact:
-            return exact
-        hits = [p for p in ports if wanted and wanted in p.lower()]
-        if hits and (len(hits) == 1 or not midi):
-            return hits
-        listing = ", ".join(repr(p) for p in ports) or "none"
-        if not hits:
-            raise PortError(f"no {what} matches {name!r}; available: {listing}")
-        raise PortError(f"several {what}s match {name!r}: {', '.join(map(repr, hits))}; give more of the name")
+        return match_names(ports, name, what, several=not midi)
 
     def want_input(self, name: str) -> None:
         self.input_name = name
@@ -1130,10 +1116,6 @@ def raise_priority(priority: int = HELPER_PRIORITY) -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def clock_start_frame(clock) -> int:
-    return getattr(clock, "start_frame", 0)
 
 
 def play(patch: Patch, settings: LiveSettings, out=sys.stderr) -> LiveStats:

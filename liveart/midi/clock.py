@@ -40,6 +40,7 @@ Polling :meth:`next_step` alone works too (see its docstring).
 
 from __future__ import annotations
 
+import abc
 import math
 import operator
 from collections import deque
@@ -101,7 +102,7 @@ def _check_sample_rate(sample_rate: int) -> int:
     return rate
 
 
-class _StepGrid:
+class _StepGrid(abc.ABC):
     """What both clocks share: steps handed out to the conductor, never going back within a run.
 
     A subclass provides ``_grid_ticks(frame)`` (the song position in ticks at ``frame`` for the
@@ -111,11 +112,13 @@ class _StepGrid:
 
     _announced: tuple[int, int] | None = None
 
+    @abc.abstractmethod
     def _grid_ticks(self, frame: int) -> Fraction | float | None:
-        raise NotImplementedError
+        """The song position in ticks at ``frame`` in the current run, or None."""
 
+    @abc.abstractmethod
     def _tick_frame(self, tick: int) -> int | None:
-        raise NotImplementedError
+        """The frame of song tick ``tick`` in the current run, or None."""
 
     def step_frame(self, step: int) -> int | None:
         """The frame of 16th step ``step`` in the current run; None when it cannot be told."""

@@ -135,22 +135,25 @@ def _own(port: str) -> bool:
     return port.lower().startswith((VIRTUAL_IN, VIRTUAL_OUT, CLIENT_NAME + ":", CLIENT_NAME + " "))
 
 
-def find_port(ports: list[str], name: str, what: str) -> int:
-    """Index of the port ``name`` names: an exact match, else the only one containing it
-    (case-insensitive). liveart's own ports never match."""
-    candidates = [(i, p) for i, p in enumerate(ports) if not _own(p)]
+def match_names(names: list[str], name: str, what: str, several: bool = False) -> list[str]:
+    """The names ``name`` names: an exact match (case-insensitive), else the only one containing it
+    (``several``: every one containing it). None, or several when one is wanted, is a PortError
+    that lists what there is."""
     wanted = name.strip().lower()
-    exact = [i for i, p in candidates if p.lower() == wanted]
+    exact = [n for n in names if n.lower() == wanted]
     if exact:
-        return exact[0]
-    hits = [(i, p) for i, p in candidates if wanted and wanted in p.lower()]
-    if len(hits) == 1:
-        return hits[0][0]
-    listing = ", ".join(repr(p) for _, p in candidates) or "none"
+        return exact[:1]
+    hits = [n for n in names if wanted and wanted in n.lower()]
+    if hits and (len(hits) == 1 or several):
+        return hits
     if not hits:
-        raise PortError(f"no MIDI {what} matches {name!r}; available: {listing}")
-    raise PortError(f"several MIDI {what}s match {name!r}: {', '.join(repr(p) for _, p in hits)}; "
-                    f"give more of the name")
+        raise PortError(f"no {what} matches {name!r}; available: {', '.join(map(repr, names)) or 'none'}")
+    raise PortError(f"several {what}s match {name!r}: {', '.join(map(repr, hits))}; give more of the name")
+
+
+def find_port(ports: list[str], name: str, what: str) -> int:
+    """Index of the MIDI port ``name`` names (see :func:`match_names`); liveart's own never match."""
+    return ports.index(match_names([p for p in ports if not _own(p)], name, f"MIDI {what}")[0])
 
 
 def open_output(api: str, name: str | None, virtual: bool):
@@ -334,14 +337,7 @@ def choose_audio_device(name: str | None) -> dict:
     exact = [d for d, label in zip(devices, labels) if wanted in (d["name"].lower(), label.lower())]
     if exact:
         return exact[0]
-    hits = [d for d, label in zip(devices, labels) if wanted in label.lower()]
-    if len(hits) == 1:
-        return hits[0]
-    listing = ", ".join(repr(label) for label in labels)
-    if not hits:
-        raise PortError(f"no audio output device matches {name!r}; available: {listing}")
-    hit_labels = ", ".join(repr(label) for d, label in zip(devices, labels) if wanted in label.lower())
-    raise PortError(f"several audio devices match {name!r}: {hit_labels}; give more of the name")
+    return devices[labels.index(match_names(labels, name, "audio output device")[0])]
 
 
 def describe_devices(midi_api: str = "auto") -> str:

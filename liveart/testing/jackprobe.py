@@ -225,14 +225,8 @@ class JackServer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and restore ``JACK_DEFAULT_SERVER``."""
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         if proc is not None:
+            stop_process(proc, SERVER_STOP_TIMEOUT_S)
             self.process_returncode = proc.returncode
         if self._env_set:
             if self._saved_env is None:
@@ -249,6 +243,21 @@ class JackServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float, ask=None) -> None:
+    """Ask ``proc`` to stop (``ask(proc)``, by default SIGTERM), wait ``timeout_s``, then kill it."""
+    if proc.poll() is not None:
+        return
+    if ask is None:
+        proc.send_signal(signal.SIGTERM)
+    else:
+        ask(proc)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -894,7 +903,7 @@ def measure_latency(probe: Probe, midi_in_port: str | None, audio_out_ports: Seq
 
 
 __all__ = [
-    "JackProbeError", "jack_available", "jack_unavailable_reason", "JackServer", "Probe",
+    "JackProbeError", "jack_available", "stop_process", "jack_unavailable_reason", "JackServer", "Probe",
     "ScheduledEvents", "Recording", "MidiCapture", "clock_events", "clock_interval_frames",
     "find_ports", "wait_for_port", "wait_for_ports", "detect_onsets", "LatencyResult",
     "measure_latency",
