@@ -196,6 +196,8 @@ class LiveHost:
             raise LiveartError(f"clock must be internal or external, not {s.clock!r}")
         if not 20 <= s.bpm <= 400:
             raise LiveartError(f"--bpm must be 20 to 400, not {s.bpm:g}")
+        if s.block_frames is not None and not 16 <= s.block_frames <= MAX_BLOCK_FRAMES:
+            raise LiveartError(f"--block must be 16 to {MAX_BLOCK_FRAMES} frames, not {s.block_frames}")
         if s.backend not in ("auto", "jack", "portaudio"):
             raise LiveartError(f"backend must be auto, jack or portaudio, not {s.backend!r}")
         if s.input_name is None and not s.virtual:
