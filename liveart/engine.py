@@ -41,12 +41,12 @@ from .synth import kernel
 from .synth.bank import FAR_FUTURE, TAPER_END, VoiceBank
 from .synth.presets import N_HARMONICS, N_NOISE_BANDS
 from .synth.presets import frame_for_note, frames_for_notes, preset_for_program
-from .timbre.frames import MAX_OFF_SECONDS, ONSET_SECONDS
+from .timbre.frames import MAX_OFF_SECONDS
 
 # Timbre-model voices: the model shapes attack, sustain and release; the synth's own envelope only
 # opens without a click and closes the voice TIMBRE_RELEASE_SECONDS after the note-off at the latest
 # (a released voice ends sooner once the model says it is silent).
-TIMBRE_ATTACK_SECONDS = 0.001
+TIMBRE_ATTACK_SECONDS = 0.0005
 # FluidR3_GM (at the synth gain the data was rendered with) plays about 15 dB under the presets: the
 # demo piece measured -29.3 dB RMS at a level of 3 against -23.6 dB with the presets.
 TIMBRE_LEVEL = 6.0
@@ -517,13 +517,12 @@ class Engine:
     def _timbre_sounding(self, t: int) -> bool:
         return bool(np.any(self._timbre_voice & (self.bank.t_end > t)))
 
-    def _timbre_frames(self, t: int, voices: np.ndarray, onset: bool = False):
-        """Decode the parameter frames of ``voices`` at frame ``t``, one batched call (``onset``: the
-        frames a note starts from, ONSET_SECONDS into it)."""
+    def _timbre_frames(self, t: int, voices: np.ndarray):
+        """Decode the parameter frames of ``voices`` at frame ``t``, one batched call."""
         b = self.bank
         sr = self.sample_rate
         z = self._glide.advance(t)[b.channel[voices]]
-        on = (t - b.t_on[voices]) / sr + (ONSET_SECONDS if onset else 0.0)
+        on = (t - b.t_on[voices]) / sr
         off = np.where(b.t_off[voices] < FAR_FUTURE, (t - b.t_off[voices]) / sr, -1.0)
         self.stats.timbre_frames += len(voices)
         return self.timbre.frames(z, b.note[voices], b.velocity[voices], on, off, sr, self._timbre_gain)
@@ -583,7 +582,7 @@ class Engine:
             h, nz, a = self.timbre.onset(channel, note, velocity)
             harmonics, noise, amp = h[None, :], nz[None, :], np.array([a * self._timbre_gain])
         else:
-            harmonics, noise, amp = self._timbre_frames(t, np.array([slot]), onset=True)
+            harmonics, noise, amp = self._timbre_frames(t, np.array([slot]))
         gain_l, gain_r = self._channel_gains(ch)
         sr = self.sample_rate
         b.start_voice(slot, t, channel, note, velocity, f0, freq, harmonics[0], noise[0].astype(np.float32),

@@ -2,13 +2,16 @@
 """Endurance of the live host on JACK: xruns and timing over a long run with everything active.
 
     .venv/bin/python scripts/bench_live.py [--seconds 600] [--period 64] [--voices 16] [--backend jack]
+    .venv/bin/python scripts/bench_live.py --target fluidsynth   # the anchor, under the same client
 
 A private jackd (dummy backend, 48 kHz, ``--period`` frames) runs ``liveart play --virtual --mode free``
 (the melody model generating all along, every channel decoded by the timbre model, the take saved);
 the JACK test client of :mod:`liveart.testing.jackprobe` holds chords of ``--voices`` - 1 notes
 (plus the model's own note: ``--voices`` sounding voices), a new chord every 2 s, and counts the
 xruns the server reports. At the end liveart's own log gives the callback's timing, late model notes
-and timbre frames. Prints one block of figures; nothing is asserted (the targets live in
+and timbre frames. ``--target fluidsynth`` plays the same chords into FluidSynth (``-a jack -m
+jack``, FluidR3_GM, started as scripts/bench_latency.py starts it) for the xruns of a C synth on the
+same server. Prints one block of figures; nothing is asserted (the targets live in
 docs/benchmarks.md).
 """
 
@@ -29,6 +32,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_latency import DEFAULT_SOUNDFONT, fluidsynth_target, running  # noqa: E402
 from liveart.testing.jackprobe import JackServer, Probe  # noqa: E402
 
 CHORD_SECONDS = 2.0
@@ -41,11 +47,25 @@ def main(argv=None) -> int:
     parser.add_argument("--voices", type=int, default=16)
     parser.add_argument("--backend", default="jack", choices=("jack", "portaudio"))
     parser.add_argument("--patch", default="default")
+    parser.add_argument("--target", default="liveart", choices=("liveart", "fluidsynth"))
     args = parser.parse_args(argv)
     print("#", shlex.join([sys.executable, *sys.argv]), flush=True)
     sr = 48000
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, JackServer(sample_rate=sr, period=args.period) as server, \
             Probe("endurance-probe") as probe:
+        if args.target == "fluidsynth":
+            target = fluidsynth_target(server, DEFAULT_SOUNDFONT)
+            with running(target, server, Path(tmp)) as (proc, _log):
+                midi_in = probe.wait_for_port(target.midi_port, timeout_s=60, is_midi=True, is_input=True,
+                                              process=proc)
+                probe.connect_midi_to(midi_in)
+                time.sleep(1.0)
+                xruns, minutes = _play_chords(probe, args, sr)
+                alive = proc.poll() is None
+            print(f"fluidsynth, period {args.period} frames ({1000 * args.period / sr:.2f} ms), {args.voices - 1} "
+                  f"voices, {minutes:.1f} min{'' if alive else ' (it exited during the run)'}")
+            print(f"xruns (server, during the run): {xruns}")
+            return 0 if alive else 1
         argv = [sys.executable, "-m", "liveart", "play", "--backend", args.backend, "--midi-api", "jack", "--virtual",
                 "--mode", "free", "--no-status", "--patch", args.patch, "--takes", tmp]
         proc = subprocess.Popen(argv, env=server.env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
@@ -53,22 +73,7 @@ def main(argv=None) -> int:
                                       process=proc)
         probe.connect_midi_to(midi_in)
         time.sleep(1.0)
-        rng = np.random.default_rng(0)
-        first = probe.frame_time + sr // 2
-        hop = int(CHORD_SECONDS * sr)
-        events, held = [], []
-        for k in range(int(args.seconds / CHORD_SECONDS)):
-            f = first + k * hop
-            events += [(f, bytes([0x80, n, 0])) for n in held]
-            held = sorted(rng.choice(np.arange(40, 90), size=args.voices - 1, replace=False).tolist())
-            events += [(f + 1 + i, bytes([0x90, n, 70])) for i, n in enumerate(held)]
-        end = first + int(args.seconds * sr)
-        events += [(end, bytes([0x80, n, 0])) for n in held]
-        xruns_before = probe.xruns
-        started = time.monotonic()
-        probe.schedule(events)
-        probe.wait_until_frame(end + sr // 2, timeout_s=args.seconds + 60)
-        xruns = probe.xruns - xruns_before
+        xruns, minutes = _play_chords(probe, args, sr)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
         logs = list(Path(tmp).glob("*.log.json"))
@@ -77,7 +82,6 @@ def main(argv=None) -> int:
             return 1
         log = json.loads(logs[0].read_text())
     t, st = log["timing"], log["stats"]
-    minutes = (time.monotonic() - started) / 60
     print(f"backend {args.backend}, period {args.period} frames ({t['block_ms']:.2f} ms), {args.voices} voices, "
           f"{minutes:.1f} min")
     print(f"xruns (server, during the run): {xruns}   liveart's count over its whole run: {st['xruns']}")
@@ -89,6 +93,27 @@ def main(argv=None) -> int:
     print(f"timbre frames late {t['timbre_late_frames']}, decode p99 {t['timbre_decode_ms_p99']:.2f} ms; "
           f"frames caught up after xruns {st['caught_up_frames']}, slipped {st['slipped_frames']}")
     return 0
+
+
+def _play_chords(probe: Probe, args, sr: int) -> tuple[int, float]:
+    """Hold chords of ``args.voices`` - 1 notes, a new one every CHORD_SECONDS, for ``args.seconds``;
+    returns (xruns the server reported meanwhile, minutes taken)."""
+    rng = np.random.default_rng(0)
+    first = probe.frame_time + sr // 2
+    hop = int(CHORD_SECONDS * sr)
+    events, held = [], []
+    for k in range(int(args.seconds / CHORD_SECONDS)):
+        f = first + k * hop
+        events += [(f, bytes([0x80, n, 0])) for n in held]
+        held = sorted(rng.choice(np.arange(40, 90), size=args.voices - 1, replace=False).tolist())
+        events += [(f + 1 + i, bytes([0x90, n, 70])) for i, n in enumerate(held)]
+    end = first + int(args.seconds * sr)
+    events += [(end, bytes([0x80, n, 0])) for n in held]
+    xruns_before = probe.xruns
+    started = time.monotonic()
+    probe.schedule(events)
+    probe.wait_until_frame(end + sr // 2, timeout_s=args.seconds + 60)
+    return probe.xruns - xruns_before, (time.monotonic() - started) / 60
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ ANALYSIS_RATE_HZ = 100.0  # frames per second in the data set
 TIME_UNIT_SECONDS = 0.02  # the log time axis: resolution near an onset, range over seconds
 MAX_ON_SECONDS = 3.0  # note time beyond what the data covers is held at its last value
 MAX_OFF_SECONDS = 1.0
-# A voice starts from the model's frame this far into its note, not from the onset itself: the first
-# analysis frame straddles the note's start and is quieter than the attack, so a voice started from
-# it would wait for the next control hop to be heard (up to a hop late, by a varying amount). Offline
-# and live alike.
-ONSET_SECONDS = 0.005
+# A voice starts from the model's frame this far into its note, and holds it until the note is that
+# old (TimbreModel.frames): the first analysis frames straddle the note's start and are quieter than
+# the attack (the piano's frame is 18 dB under its peak at the onset, 12 dB at 5 ms, 6 dB at 10 ms),
+# so a voice started from them is heard late, by an amount that varies with its noise. Offline and
+# live alike.
+ONSET_SECONDS = 0.010
 N_TIME_FEATURES = 4
 PITCH_CENTRE, PITCH_SCALE = 60.0, 36.0
 

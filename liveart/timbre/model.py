@@ -202,7 +202,12 @@ class TimbreModel:
     def frames(self, z, note, velocity, on_seconds, off_seconds, sample_rate: int, gain: float = 1.0):
         """The synth's frames of V voices, one call: harmonics (V, N_HARMONICS) and noise
         (V, N_NOISE_BANDS), linear, relative to amp (V,), the voice's linear level times ``gain``;
-        partials at or above BAND_LIMIT of ``sample_rate`` zero (see :func:`frames.synth_frames`)."""
+        partials at or above BAND_LIMIT of ``sample_rate`` zero (see :func:`frames.synth_frames`).
+
+        A voice sounds its note from ONSET_SECONDS into the model's attack: note times before that
+        are held there (the voice's first frames and its onset table are the frame at ONSET_SECONDS).
+        """
+        on_seconds = np.maximum(np.asarray(on_seconds, np.float64), fr.ONSET_SECONDS)
         h, noise, amp, _ = self._run(z, note, velocity, on_seconds, off_seconds, sample_rate)
         rebin = _noise_rebin(sample_rate)
         if rebin is not None:  # the model's bands are 48 kHz's; move their power onto this rate's
