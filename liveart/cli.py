@@ -148,11 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", metavar="DIR", default="models",
                     help="where the checkpoint and ONNX go (default models: replaces the shipped model)")
     tt.add_argument("--name", metavar="NAME", default="timbre", help="file name stem (default timbre)")
-    tv = tsub.add_parser("visual", help="the visualizer's GAN generator (Debian wallpapers) — work in progress")
+    tv = tsub.add_parser("visual", help="the visualizer's GAN generator (Debian wallpapers)")
     tv.add_argument("--minutes", type=_positive_float, default=60.0, metavar="M", help="time budget (default 60)")
     tv.add_argument("--base", type=_positive_int, default=32, metavar="C", help="channels at 128x128 (default 32)")
     tv.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="random seed (default 1)")
     tv.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (default 2)")
+    tv.add_argument("--batch", type=_positive_int, default=16, metavar="B", help="images a step (default 16)")
+    tv.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                    help="stop after N steps (with --threads 1 the same seed and steps give the same weights)")
     tv.add_argument("--resume", action="store_true", help="go on from the last checkpoint in --out")
     tv.add_argument("--data", metavar="PATH", default=".cache/visual-dataset-v1.npz",
                     help="the cached wallpapers; built from the Debian packages when missing")
@@ -206,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--duration", type=_positive_float, metavar="SECONDS", default=None,
                     help="stop after this long (default: play until Ctrl-C)")
     pl.add_argument("--no-status", action="store_true", help="no live status line")
+    pl.add_argument("--visual", action="store_true",
+                    help="show the visualizer on a local web page (full screen; a projector or an OBS browser source)")
+    pl.add_argument("--visual-host", metavar="HOST", default="127.0.0.1",
+                    help="address the page is served on (default 127.0.0.1: this machine only)")
+    pl.add_argument("--visual-port", type=_nonnegative_int, metavar="PORT", default=8765,
+                    help="port of the page (default 8765; 0: any free port)")
+    pl.add_argument("--visual-model", metavar="PATH", default=None, help="the generator (.onnx; default the shipped one)")
+    pl.add_argument("--fps", type=_positive_float, default=30.0, metavar="F", help="visual frames a second (default 30)")
+    pl.add_argument("--size", type=_positive_int, default=512, metavar="PX", help="visual size in pixels (default 512)")
 
     dv = sub.add_parser("devices", help="list MIDI ports and audio devices (with their host APIs)")
     dv.add_argument("--midi-api", choices=("auto", "jack", "alsa", "coremidi", "winmm"), default="auto",
@@ -326,6 +338,13 @@ def _play(args) -> int:
         audio_device=args.audio_device, sample_rate=args.sample_rate, block_frames=args.block, clock=args.clock,
         bpm=args.bpm, melody=not args.no_melody, mode=args.mode, seed=args.seed,
         takes_dir=None if args.no_take else args.takes, duration_seconds=args.duration, status=not args.no_status)
+    if args.visual:
+        from .visual.live import DisplayOptions
+
+        driver = {k: v for k, v in patch.visual.items() if k != "seed"}
+        settings.visual = DisplayOptions(host=args.visual_host, port=args.visual_port, fps=args.fps, size=args.size,
+                                         seed=patch.visual.get("seed", 0), driver=driver)
+        settings.visual_model = args.visual_model
     stats = play(patch, settings)
     return 0 if stats is not None else EXIT_ERROR
 
@@ -459,7 +478,7 @@ def _train_visual(args) -> int:
     data = load_or_build(Path(args.data))
     print(f"{len(data.images)} wallpapers", flush=True)
     result = train(data, GanConfig(base=args.base), Path(args.out), seed=args.seed, minutes=args.minutes,
-                   threads=args.threads, resume=args.resume, name=args.name)
+                   threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps)
     print(f"trained the generator: {result.steps} steps, best SWD x1000 {result.best_swd:.1f} (blurred crops "
           f"{result.blurred_swd:.1f}) in {result.seconds / 60:.1f} min; wrote {result.onnx}")
     return 0

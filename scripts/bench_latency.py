@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_latency.py [--periods 64,128] [--notes 200]
         [--targets fluidsynth,liveart] [--patch default] [--liveart-args '--no-melody --no-take']
+        [--visual MODEL.onnx]
     .venv/bin/python scripts/bench_latency.py --targets command \\
         --command 'my-synth --jack' --command-midi 'my-synth:midi_in' --command-audio 'my-synth:out'
 
@@ -24,6 +25,9 @@ Targets:
   notes would sound between the probe's). MIDI in: ``liveart in:...``; audio: PortAudio's JACK
   client, ``liveart:out_0``/``out_1`` (PortAudio's default client name is ``PortAudio``; both match,
   with ``-NN`` when the name is taken).
+- ``--visual MODEL.onnx``: the liveart targets also run the visualizer (``--visual``) and a real
+  headless Chromium shows its page during the measurement; the page's frames a second and the
+  display's own figures are printed after each measurement.
 - ``command``: ``--command`` (``{period}`` and ``{sample_rate}`` are filled in), ports found by the
   regular expressions ``--command-midi`` and ``--command-audio``.
 
@@ -38,6 +42,7 @@ import contextlib
 import dataclasses
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +91,7 @@ class Target:
     audio_ports: str  # regex of its audio outputs
     quit_on_stdin: bytes | None = None  # FluidSynth's shell: 'quit'; others get SIGTERM
     prelude: tuple = ()  # MIDI messages sent before the notes
+    visual_url: str | None = None  # liveart --visual: a headless Chromium shows this page meanwhile
 
 
 def fluidsynth_target(server: JackServer, soundfont: Path) -> Target:
@@ -98,11 +104,61 @@ def fluidsynth_target(server: JackServer, soundfont: Path) -> Target:
                   quit_on_stdin=b"quit\n")
 
 
-def liveart_target(server: JackServer, patch: str, extra_args: str, backend: str = "jack") -> Target:
+def liveart_target(server: JackServer, patch: str, extra_args: str, backend: str = "jack",
+                   visual_model: Path | None = None) -> Target:
     argv = [sys.executable, "-m", "liveart", "play", "--backend", backend, "--midi-api", "jack", "--virtual",
             "--block", str(server.period), "--no-status", "--patch", patch, *shlex.split(extra_args)]
     name = "liveart" if backend == "jack" else f"liveart-{backend}"
-    return Target(name, argv, LIVEART_MIDI_PORT, LIVEART_AUDIO_PORTS, prelude=(MUTE_MODEL_CHANNEL,))
+    url = None
+    if visual_model is not None:
+        port = free_port()
+        argv += ["--visual", "--visual-model", str(visual_model), "--visual-port", str(port)]
+        url = f"http://127.0.0.1:{port}/"
+    return Target(name, argv, LIVEART_MIDI_PORT, LIVEART_AUDIO_PORTS, prelude=(MUTE_MODEL_CHANNEL,), visual_url=url)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def chromium(url: str | None, log_dir: Path):
+    """A real headless Chromium showing ``url`` for the measurement (nothing when url is None)."""
+    import shutil
+
+    if url is None:
+        yield None
+        return
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise TargetUnavailable("--visual needs chromium (Debian: chromium)")
+    proc = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-dev-shm-usage", f"--user-data-dir={log_dir / 'chromium'}",
+                             "--remote-debugging-port=0", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        stop_process(proc, STOP_TIMEOUT_S)
+
+
+def visual_figures(url: str, since: float) -> str:
+    """The page's frames a second (its reports since ``since``) and the display's own figures."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "status", timeout=5) as r:
+            status = json.loads(r.read())
+    except OSError as e:
+        return f"visual: no status ({e})"
+    fps = [rep["fps"] for rep in status["reports"] if rep.get("received", 0) >= since + 1.0]
+    return (f"visual: page fps p50 {statistics.median(fps) if fps else 0:.0f} (min {min(fps) if fps else 0}) "
+            f"over the last {len(fps)} s; frames made {status['frames_made']}, skipped {status['frames_skipped']}, "
+            f"generate+encode p50/p99 {status['generate_ms_p50']:.1f}/{status['generate_ms_p99']:.1f} ms "
+            f"({status['device']}, {status['size']}x{status['size']})")
 
 
 def command_target(server: JackServer, command: str, midi_regex: str, audio_regex: str) -> Target:
@@ -152,7 +208,8 @@ def running(target: Target, server: JackServer, log_dir: Path):
 
 
 def measure_target(target: Target, server: JackServer, args, log_dir: Path) -> LatencyResult:
-    with running(target, server, log_dir) as (proc, log), Probe("latency-probe") as probe:
+    with running(target, server, log_dir) as (proc, log), Probe("latency-probe") as probe, \
+            chromium(target.visual_url, log_dir):
         try:
             midi = probe.wait_for_port(target.midi_port, PORT_TIMEOUT_S, is_midi=True, is_input=True,
                                        process=proc)
@@ -167,9 +224,12 @@ def measure_target(target: Target, server: JackServer, args, log_dir: Path) -> L
         audio = sorted(probe.find_ports(target.audio_ports, is_audio=True, is_output=True))[:2]
         print(f"  {target.name} @ {server.period}: {shlex.join(target.argv)}", flush=True)
         print(f"    MIDI -> {midi}; audio <- {', '.join(audio)}", flush=True)
+        started = time.time()
         result = measure_latency(probe, midi, audio, notes=args.notes,
                                  spacing_frames=round(args.spacing_ms * server.sample_rate / 1000),
                                  offset_rng_seed=args.seed)
+        if target.visual_url is not None:
+            print(f"    {visual_figures(target.visual_url, started)}", flush=True)
         if proc.poll() is not None:
             raise TargetUnavailable(f"{target.name} exited during the measurement "
                                     f"(status {proc.returncode}): {tail(log)}")
@@ -203,6 +263,8 @@ def main(argv=None) -> int:
     parser.add_argument("--command-midi", default="", help="regex of the command's JACK MIDI input")
     parser.add_argument("--command-audio", default="", help="regex of the command's JACK audio outputs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--visual", type=Path, metavar="MODEL.onnx", default=None,
+                        help="liveart targets also show the visualizer (this generator) in a headless Chromium")
     args = parser.parse_args(argv)
 
     print("# " + shlex.join([sys.executable, *sys.argv]), flush=True)
@@ -240,9 +302,11 @@ def main(argv=None) -> int:
                         if name == "fluidsynth":
                             target = fluidsynth_target(server, args.soundfont)
                         elif name == "liveart":
-                            target = liveart_target(server, args.patch, args.liveart_args)
+                            target = liveart_target(server, args.patch, args.liveart_args,
+                                                    visual_model=args.visual)
                         elif name == "liveart-portaudio":
-                            target = liveart_target(server, args.patch, args.liveart_args, backend="portaudio")
+                            target = liveart_target(server, args.patch, args.liveart_args, backend="portaudio",
+                                                    visual_model=args.visual)
                         else:
                             target = command_target(server, args.command, args.command_midi,
                                                     args.command_audio)

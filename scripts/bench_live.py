@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_latency import DEFAULT_SOUNDFONT, fluidsynth_target, running  # noqa: E402
+from bench_latency import DEFAULT_SOUNDFONT, chromium, fluidsynth_target, free_port, running, visual_figures  # noqa: E402
 from liveart.testing.jackprobe import JackServer, Probe  # noqa: E402
 
 CHORD_SECONDS = 2.0
@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="jack", choices=("jack", "portaudio"))
     parser.add_argument("--patch", default="default")
     parser.add_argument("--target", default="liveart", choices=("liveart", "fluidsynth"))
+    parser.add_argument("--liveart-args", default="", help="more arguments to 'liveart play' (e.g. '--no-melody')")
+    parser.add_argument("--visual", type=Path, metavar="MODEL.onnx", default=None,
+                        help="liveart also shows the visualizer (this generator) in a headless Chromium")
     args = parser.parse_args(argv)
     print("#", shlex.join([sys.executable, *sys.argv]), flush=True)
     sr = 48000
@@ -67,13 +70,21 @@ def main(argv=None) -> int:
             print(f"xruns (server, during the run): {xruns}")
             return 0 if alive else 1
         argv = [sys.executable, "-m", "liveart", "play", "--backend", args.backend, "--midi-api", "jack", "--virtual",
-                "--mode", "free", "--no-status", "--patch", args.patch, "--takes", tmp]
+                "--mode", "free", "--no-status", "--patch", args.patch, "--takes", tmp, *shlex.split(args.liveart_args)]
+        url = None
+        if args.visual is not None:
+            port = free_port()
+            argv += ["--visual", "--visual-model", str(args.visual), "--visual-port", str(port)]
+            url = f"http://127.0.0.1:{port}/"
         proc = subprocess.Popen(argv, env=server.env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
         midi_in = probe.wait_for_port(r"^liveart(:midi_in| in:)", timeout_s=60, is_midi=True, is_input=True,
                                       process=proc)
         probe.connect_midi_to(midi_in)
-        time.sleep(1.0)
-        xruns, minutes = _play_chords(probe, args, sr)
+        with chromium(url, Path(tmp)):
+            time.sleep(1.0)
+            started = time.time()
+            xruns, minutes = _play_chords(probe, args, sr)
+            visual = visual_figures(url, started) if url is not None else None
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
         logs = list(Path(tmp).glob("*.log.json"))
@@ -90,6 +101,8 @@ def main(argv=None) -> int:
           f"start into the cycle p99/max {t['callback_start_frames_p99']:.0f}/{t['callback_start_frames_max']} frames")
     print(f"model notes {st['generated_notes']}, late {st['generated_late']} (max {st['generated_late_max_frames']} "
           f"frames); melody step p50/p99 {t['melody_step_ms_p50']:.2f}/{t['melody_step_ms_p99']:.2f} ms")
+    if visual is not None:
+        print(visual)
     print(f"timbre frames late {t['timbre_late_frames']}, decode p99 {t['timbre_decode_ms_p99']:.2f} ms; "
           f"frames caught up after xruns {st['caught_up_frames']}, slipped {st['slipped_frames']}")
     return 0

@@ -10,6 +10,10 @@ VENV="$REPO_ROOT/.venv"
 STAMP="$VENV/.liveart-pyproject.sha256"  # sha256 of pyproject.toml + extras at the last good install
 EXTRAS="${LIVEART_EXTRAS:-dev}"
 APT_PACKAGES=(libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm ffmpeg jackd2)
+# The test suite (the dev extra) also drives the visualizer's web page in a real headless Chromium.
+if [[ ",$EXTRAS," == *",dev,"* ]]; then
+    APT_PACKAGES+=(chromium)
+fi
 MIN_PYTHON="3.10"
 
 die() { echo "setup: $*" >&2; exit 1; }

@@ -76,3 +76,31 @@ def simple_song(n_notes: int = 8, channels=(0, 1, 2), beat_ticks: int = 480):
                 msgs.append(mido.Message("pitchwheel", channel=c, pitch=0, time=0))
         tracks.append(msgs)
     return tracks
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory):
+    """A small untrained visual generator exported to ONNX (base 4: fast)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from pathlib import Path
+
+    from liveart.training.train_visual import export_onnx
+    from liveart.training.visual_model import GanConfig, Generator
+
+    d = tmp_path_factory.mktemp("gen")
+    torch.manual_seed(0)
+    g = Generator(GanConfig(base=4))
+    # Batch norm's running statistics measured on random latents (a fresh network's are 0 and 1,
+    # which leave its pictures nearly the same for every latent): the pictures then move with z.
+    for m in g.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+    with torch.no_grad():
+        for _ in range(4):
+            g(torch.randn(64, g.config.z_dim))
+    g.eval()
+    torch.save({"config": GanConfig(base=4).to_dict(), "g_ema": g.state_dict(), "step": 0, "seed": 0}, d / "g.pt")
+    export_onnx(d / "g.pt", d / "g.onnx")
+    return Path(d / "g.onnx")

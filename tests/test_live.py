@@ -448,3 +448,110 @@ def test_panic_control_silences_everything(server, probe, tmp_path):
     ons = [(f, m) for f, m in midi if len(m) == 3 and m[0] == 0x91 and m[2] > 0]
     assert ons, "the model played before the panic"
     assert not _hanging(midi), _hanging(midi)  # each of its notes ended by the panic (or before)
+
+
+# ----------------------------------------------------------------------------- the visualizer, live
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _chromium(tmp_path: Path, url: str) -> subprocess.Popen:
+    """A real headless Chromium showing ``url`` (Debian's chromium; scripts/setup.sh installs it)."""
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (scripts/setup.sh installs Debian's chromium)")
+        pytest.skip("chromium is not installed (Debian: chromium)")
+    return subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}",
+                             "--remote-debugging-port=0", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _reports(url: str, epoch: str | None = None) -> list[dict]:
+    try:
+        status = _get_json(url + "status")
+    except OSError:
+        return []
+    return [r for r in status["reports"] if epoch is None or r.get("epoch") == status["epoch"]]
+
+
+def test_the_visual_page_in_chromium_moves_with_the_notes_and_reconnects(server, probe, tmp_path, tiny_generator):
+    """`liveart play --visual`: a real headless Chromium loads the page and draws the frames; the
+    pictures change more while the test plays notes than in silence; when liveart stops and starts
+    again on the same port, the same page reconnects by itself and draws the new server's frames."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    args = ("--virtual", "--no-melody", "--visual", "--visual-model", str(tiny_generator), "--visual-port", str(port))
+    live = Live(server, tmp_path, *args)
+    browser = None
+    try:
+        midi_in, _audio = live.wait_ports(probe)
+        probe.connect_midi_to(midi_in)
+        browser = _chromium(tmp_path, url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(r.get("fps", 0) > 0 for r in _reports(url)):
+            time.sleep(0.5)
+        assert any(r.get("fps", 0) > 0 for r in _reports(url)), "the page drew no frames"
+        # Silence, then notes: a new note every 200 ms, all twelve pitch classes.
+        time.sleep(5.0)
+        quiet_end = time.time()
+        first = probe.frame_time + SR // 10
+        events = []
+        for k in range(25):
+            f = first + k * SR // 5
+            events += [(f, bytes([0x90, 48 + (7 * k) % 24, 120])), (f + SR // 10, bytes([0x80, 48 + (7 * k) % 24, 0]))]
+        notes_start = time.time()
+        probe.schedule(events)
+        time.sleep(5.5)
+        notes_end = time.time()
+        reports = _reports(url)
+
+        def changes(t0, t1):  # the frame-to-frame change the page measured, from reports covering [t0, t1]
+            return [c for r in reports if t0 + 1.0 <= r["received"] <= t1 for _i, c in r["changes"][1:]]
+
+        quiet, moving = changes(quiet_end - 4.0, quiet_end), changes(notes_start + 0.5, notes_end)
+        fps = [r["fps"] for r in reports if notes_start + 1.0 <= r["received"] <= notes_end]
+        print("page fps", fps, "change quiet", np.mean(quiet), "with notes", np.mean(moving))
+        assert len(quiet) > 20 and len(moving) > 20, (len(quiet), len(moving))
+        assert np.mean(moving) > 2.0 * np.mean(quiet), (np.mean(quiet), np.mean(moving))
+        assert np.median(fps) >= 10, fps  # (the benchmark measures the real figure; CI shares 2 cores)
+        old_epoch = _get_json(url + "status")["epoch"]
+        assert live.stop() == 0, live.stderr
+        assert "Traceback" not in live.stderr
+        log = live.log()
+        assert log["visual"]["frames_made"] > 100 and log["visual"]["error"] is None, log["visual"]
+
+        # The server goes away and comes back: the page, left running, reconnects by itself.
+        time.sleep(2.0)
+        live = Live(server, tmp_path / "again", *args)
+        live.wait_ports(probe)
+        deadline = time.monotonic() + 30
+        fresh = []
+        while time.monotonic() < deadline and not fresh:
+            time.sleep(0.5)
+            fresh = [r for r in _reports(url) if r.get("epoch") != old_epoch and r.get("drawn", 0) > 0
+                     and r.get("fps", 0) > 0]
+        assert fresh, "the page did not reconnect to the restarted server"
+    finally:
+        if browser is not None:
+            browser.terminate()
+            try:
+                browser.wait(10)
+            except subprocess.TimeoutExpired:
+                browser.kill()
+        live.stop()

@@ -107,6 +107,12 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
              for k in init if init[k].dtype.is_floating_point and init[k].numel() > 16
              and torch.norm(last["g"][k] - init[k]) > 0]
     assert np.median(moved) > 0.5, "early on, the weights' average has followed the generator most of the way"
+    # A run of so many steps, seeded, on one thread: the same weights again.
+    runs = [train(data, config, tmp_path / name, minutes=5.0, threads=1, progress=False, eval_every=2,
+                  eval_images=16, batch=4, max_steps=3) for name in ("x", "y")]
+    assert [r.steps for r in runs] == [3, 3]
+    x, y = (torch.load(tmp_path / name / "visual.last.pt", weights_only=False)["g"] for name in ("x", "y"))
+    assert all(torch.equal(x[k], y[k]) for k in x)
     from liveart.errors import LiveartError
 
     with pytest.raises(LiveartError, match="resume with the same settings"):
@@ -193,23 +199,6 @@ def test_the_driver_normalises_loudness_causally_and_refuses_time_travel():
         driver.onset(0.5, 60, 100)
 
 
-@pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    from pathlib import Path
-
-    from liveart.training.train_visual import export_onnx
-    from liveart.training.visual_model import GanConfig, Generator
-
-    d = tmp_path_factory.mktemp("gen")
-    torch.manual_seed(0)
-    g = Generator(GanConfig(base=4)).eval()
-    torch.save({"config": GanConfig(base=4).to_dict(), "g_ema": g.state_dict(), "step": 0, "seed": 0}, d / "g.pt")
-    export_onnx(d / "g.pt", d / "g.onnx")
-    return Path(d / "g.onnx")
-
-
 def _probe(path):
     import json
     import subprocess
@@ -247,6 +236,21 @@ def test_render_writes_a_synced_video_with_the_audio(tmp_path, tiny_generator):
     assert int(video["nb_read_frames"]) == int(np.ceil(seconds * 25 - 1e-9)), "duration x fps frames"
     assert float(sound["duration"]) == pytest.approx(seconds, abs=0.05), "the rendered audio, all of it"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.mp4", "t.wav", "tune.mid"], "no temporary files left"
+    # The pictures in the file move with the notes: the largest cross-correlation between the onsets
+    # and the decoded frames' change is at a lag of at most one frame.
+    import subprocess
+
+    small = 32
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "t.mp4"), "-vf", f"scale={small}:{small}",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, small, small, 3).astype(np.float64)
+    change = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # change[k]: from frame k to k + 1
+    impulses = np.zeros(len(change))
+    for k in range(6):  # note k at 0.375 k s: first heard by the frame after it
+        impulses[int(np.floor(0.375 * k * 25))] = 1.0
+    change = (change - change.mean()) / change.std()
+    xc = [np.dot(impulses[: len(change) - lag], change[lag:]) for lag in range(6)]
+    assert int(np.argmax(xc)) <= 1, xc
 
 
 def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, capsys):
@@ -259,7 +263,7 @@ def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, c
     path = write_midi(tmp_path / "n.mid", [[mido.Message("note_on", note=60, velocity=100, time=0),
                                             mido.Message("note_off", note=60, velocity=0, time=480)]], midi_type=0)
     for extra, message in ((["--video", str(tmp_path / "v.avi"), "--visual-model", str(tiny_generator)], ".mp4"),
-                           (["--video", str(tmp_path / "v.mp4")], "no visual model ships yet"),
+                           (["--video", str(tmp_path / "v.mp4")], "no visual generator ships"),
                            (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tmp_path / "none.onnx")],
                             "no such model file"),
                            (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tiny_generator), "--fps", "500"],

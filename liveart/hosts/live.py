@@ -56,6 +56,7 @@ STATUS_SECONDS_NOT_TTY = 10.0  # into a log file or a pipe: a line now and then,
 HELPER_PRIORITY = 1  # the lowest real-time priority: under every JACK thread
 TAKE_FLUSH_SECONDS = 0.25  # at most this much of a take can be lost (a bar is longer at any usable tempo)
 RECONNECT_POLL_SECONDS = 0.5
+VISUAL_FEED_SECONDS = 0.008  # what the engine played goes to the visual display's process this often
 TIMING_HISTORY = 1 << 16  # callback durations kept (about 3 minutes at 375 callbacks a second)
 STOP_RELEASE_SECONDS = 0.4  # after the final note-offs the audio runs on this long, so releases do not click
 MAX_BLOCK_FRAMES = 8192
@@ -85,6 +86,8 @@ class LiveSettings:
     takes_dir: str | None = "takes"  # None: no take
     duration_seconds: float | None = None  # stop by itself after this long (tests, benchmarks)
     status: bool = True  # the one-line status on stderr
+    visual: object = None  # liveart.visual.live.DisplayOptions: show the visualizer on a local web page
+    visual_model: str | None = None  # its generator (None: the shipped one)
 
 
 @dataclass
@@ -165,6 +168,8 @@ class LiveHost:
         self._out_pending: deque = deque()  # (frame, message) to send once played
         self._out_ready: deque = deque()
         self._record: deque = deque()  # (frame, message) played, for the take
+        self._visual_feed: deque | None = None  # (start, end frame, rms, onsets) of each block, for the display
+        self.display = None
         self._published = (0, time.perf_counter(), 128)  # (block start frame, its wall time, frames)
         self._durations = np.zeros(TIMING_HISTORY)
         self._input_held = np.zeros((16, 128), bool)  # the player's keys down (the audio thread's view)
@@ -304,6 +309,13 @@ class LiveHost:
 
             self.take = TakeWriter(s.takes_dir, self.sample_rate, self._take_meta())
             self.log_path = self.take.path.with_suffix(".log.json")
+        if s.visual is not None:
+            from ..visual.generator import resolve_visual_model
+            from ..visual.live import LiveDisplay
+
+            self.display = LiveDisplay(resolve_visual_model(s.visual_model), s.visual, self.sample_rate)
+            self._visual_feed = deque(maxlen=65536)
+            self._note(f"visual: {self.display.url} (generator on {self.display.device})")
 
     def _take_meta(self) -> dict:
         s = self.settings
@@ -390,6 +402,10 @@ class LiveHost:
             engine.schedule(item)
             record.append((item.frame, _message_of(item)))
         engine.render_into(out)
+        feed = self._visual_feed
+        if feed is not None:
+            state = engine.state
+            feed.append((start, start + frames, state.rms, state.onsets))  # (a new list each block that has onsets)
 
     def _count_xrun(self) -> None:
         self.stats.xruns += 1
@@ -749,6 +765,8 @@ class LiveHost:
                     self._start_thread(self._sender, "liveart-midi-out")
                 self.stream.start()
             self._start_thread(self._conductor, "liveart-conductor")
+            if self.display is not None:
+                self._start_thread(self._feed_display, "liveart-visual-feed")
             main_priority = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
             raise_priority()
             try:
@@ -796,6 +814,24 @@ class LiveHost:
             elif self.stream is not None and not self.stream.active:
                 self._fail("the audio stream stopped (the audio device went away?)")
             self._stop.wait(0.05)
+
+    def _feed_display(self) -> None:
+        """What the engine played, to the visual display's process, batched every few milliseconds:
+        the onsets, the loudness (RMS over the blocks) and the timbre places when a note began."""
+        feed, display = self._visual_feed, self.display
+        while not self._stop.wait(VISUAL_FEED_SECONDS):
+            if not feed:
+                continue
+            onsets, energy, blocks, first = [], 0.0, 0, None
+            while feed:
+                start, end, rms, block_onsets = feed.popleft()
+                first = start if first is None else first
+                onsets.extend(block_onsets)
+                energy += rms * rms
+                blocks += 1
+            places = self.engine.state.timbre_positions
+            display.feed(first, end, (energy / blocks) ** 0.5, onsets,
+                         np.array(places) if onsets and places is not None else None)
 
     def _poll_inputs(self) -> None:
         for midi_in in self._inputs + ([self.jack] if self.jack is not None else []):
@@ -947,6 +983,12 @@ class LiveHost:
                "inputs": [{"port": i.port_name, **asdict(i.status)} for i in self._all_inputs()]}
         if self.timbre_worker is not None:
             log["timbre_failures"] = self.timbre_worker.failures
+        if self.display is not None:
+            figures = self.display.status()
+            if figures is not None:
+                reports = figures.pop("reports")
+                figures["page_fps"] = [r.get("fps") for r in reports][-10:]  # the pages' last reports
+                log["visual"] = figures
         try:
             tmp = self.log_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(log, indent=1, default=str))
@@ -972,6 +1014,8 @@ class LiveHost:
             self.midi_out = None
         if getattr(self, "timbre_worker", None) is not None:
             self.timbre_worker.close()
+        if self.display is not None:
+            self.display.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

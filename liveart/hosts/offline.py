@@ -102,8 +102,7 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         raise OutputError(f"{wav_path}: is the input file; give another output name")
     generator = clock = None
     if video is not None:
-        from ..errors import ModelError
-        from ..visual.generator import VisualGenerator
+        from ..visual.generator import VisualGenerator, resolve_visual_model
         from .video import VIDEO_SUFFIXES, FrameClock, check_ffmpeg, check_video_size
 
         video = Path(video)
@@ -111,10 +110,7 @@ def render(midi_path: str | Path, wav_path: str | Path, patch: Patch | str | Pat
         check_ffmpeg()
         check_video_size(video_size)
         clock = FrameClock(sample_rate, fps)
-        if visual_model is None:
-            raise ModelError("no visual model ships yet (issue 6 is in progress); pass --visual-model PATH, "
-                             "a generator from 'liveart train visual'")
-        generator = VisualGenerator.load(visual_model, shown=video_size)
+        generator = VisualGenerator.load(resolve_visual_model(visual_model), shown=video_size)
 
     combined = None
     if melody is not None:

@@ -20,6 +20,8 @@ from ..visual.driver import Driver, DriverSettings
 
 VIDEO_SUFFIXES = (".mp4",)
 GENERATOR_BATCH = 8
+GENERATOR_WORKERS = 2  # threads generating batches of frames while ffmpeg encodes
+GENERATOR_AHEAD = 4  # batches generated ahead of the encoder at most
 
 
 class FrameClock:
@@ -79,16 +81,39 @@ def check_ffmpeg() -> None:
 
 
 def encode(latents: np.ndarray, generator, fps: float, audio_path: str, out_temp: str, progress: bool = False) -> None:
-    """Generate every frame and encode them with the audio into ``out_temp`` (an MP4)."""
+    """Generate every frame and encode them with the audio into ``out_temp`` (an MP4).
+
+    Batches of frames are generated on GENERATOR_WORKERS threads (onnxruntime and Pillow's resize
+    let go of the GIL), at most GENERATOR_AHEAD batches ahead of ffmpeg, which encodes meanwhile."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
     size = generator.shown
     command = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{size}x{size}", "-r", f"{fps:g}", "-i", "-", "-i", audio_path,
                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
                "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k", "-f", "mp4", out_temp]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    bar = tqdm(total=len(latents), unit="frame", desc="video", disable=not progress, leave=False)
     try:
-        for k in range(0, len(latents), GENERATOR_BATCH):
-            proc.stdin.write(generator.images(latents[k : k + GENERATOR_BATCH]).tobytes())
+        with ThreadPoolExecutor(max_workers=GENERATOR_WORKERS, thread_name_prefix="liveart-video") as pool:
+            starts = iter(range(0, len(latents), GENERATOR_BATCH))
+            pending: deque = deque()
+
+            def submit() -> None:
+                k = next(starts, None)
+                if k is not None:
+                    pending.append(pool.submit(generator.images, latents[k : k + GENERATOR_BATCH]))
+
+            for _ in range(GENERATOR_AHEAD):
+                submit()
+            while pending:
+                frames = pending.popleft().result()
+                submit()
+                proc.stdin.write(frames.tobytes())
+                bar.update(len(frames))
         proc.stdin.close()
         err = proc.stderr.read().decode(errors="replace").strip()
         if proc.wait() != 0:
@@ -98,6 +123,7 @@ def encode(latents: np.ndarray, generator, fps: float, audio_path: str, out_temp
         err = proc.stderr.read().decode(errors="replace").strip()
         raise OutputError(f"ffmpeg stopped while writing the video ({err.splitlines()[-1] if err else 'no message'})")
     finally:
+        bar.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

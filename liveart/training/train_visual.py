@@ -27,7 +27,7 @@ from . import swd
 from .visual_data import VisualDataset, random_crops
 from .visual_model import Discriminator, GanConfig, Generator, GeneratorExport, parameter_count
 
-BATCH = 32
+BATCH = 16
 EMA_DECAY = 0.999
 EVAL_EVERY = 250
 EVAL_IMAGES = 256
@@ -57,7 +57,10 @@ def sample(g: Generator, count: int, seed: int) -> np.ndarray:
 
 def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, minutes: float = 60.0,
           threads: int = 2, resume: bool = False, progress: bool = True, name: str = "visual",
-          eval_every: int = EVAL_EVERY, eval_images: int = EVAL_IMAGES, batch: int = BATCH) -> VisualTrainResult:
+          eval_every: int = EVAL_EVERY, eval_images: int = EVAL_IMAGES, batch: int = BATCH,
+          max_steps: int | None = None) -> VisualTrainResult:
+    """Train for ``minutes`` (or until ``max_steps`` steps: with the same seed, batch and one thread
+    a run of so many steps gives the same weights again)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -90,7 +93,7 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
                                                                   np.random.default_rng(54321)), 1), eval_real)[0]
     started = time.monotonic() - spent
     bar = tqdm(disable=not progress, desc=name, unit="step", initial=step)
-    while time.monotonic() - started < minutes * 60:
+    while time.monotonic() - started < minutes * 60 and (max_steps is None or step < max_steps):
         real = torch.from_numpy(random_crops(data, "train", batch, config.size, rng))
         z = torch.randn(batch, config.z_dim)
         with torch.no_grad():

@@ -17,6 +17,19 @@ from ..errors import ModelError
 
 MODEL_KIND = "liveart-visual-generator"
 QUIET_LOG = 3
+MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+SHIPPED = "visual-generator.onnx"
+
+
+def resolve_visual_model(path: str | Path | None) -> Path:
+    """The generator to use: ``path``, or the shipped one when it is None."""
+    if path is not None:
+        return Path(path)
+    shipped = MODEL_DIR / SHIPPED
+    if not shipped.is_file():
+        raise ModelError(f"no visual generator ships in {MODEL_DIR}; pass --visual-model PATH, a generator "
+                         f"from 'liveart train visual'")
+    return shipped
 
 
 class VisualGenerator:
