@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--seed", type=_nonnegative_int, default=1, metavar="S", help="random seed (default 1)")
     tv.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (default 2)")
     tv.add_argument("--batch", type=_positive_int, default=16, metavar="B", help="images a step (default 16)")
+    tv.add_argument("--upsample", choices=("transpose", "nearest"), default="transpose",
+                    help="the generator's x2 stages: transposed convolutions, or nearest-neighbour + 3x3 convolution")
     tv.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                     help="stop after N steps (with --threads 1 the same seed and steps give the same weights)")
     tv.add_argument("--resume", action="store_true", help="go on from the last checkpoint in --out")
@@ -477,7 +479,7 @@ def _train_visual(args) -> int:
 
     data = load_or_build(Path(args.data))
     print(f"{len(data.images)} wallpapers", flush=True)
-    result = train(data, GanConfig(base=args.base), Path(args.out), seed=args.seed, minutes=args.minutes,
+    result = train(data, GanConfig(base=args.base, upsample=args.upsample), Path(args.out), seed=args.seed, minutes=args.minutes,
                    threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps)
     print(f"trained the generator: {result.steps} steps, best SWD x1000 {result.best_swd:.1f} (blurred crops "
           f"{result.blurred_swd:.1f}) in {result.seconds / 60:.1f} min; wrote {result.onnx}")

@@ -1,8 +1,9 @@
 """The visualizer's image generator (torch): a DCGAN-class network trained as a GAN.
 
-- Generator: z (Z_DIM) → 4x4x(8c) → five stride-2 transposed convolutions (each upsample x2 with
-  batch norm and ReLU) → 128x128 RGB in -1..1 (tanh). With c = 32 it has about 3.8 M parameters,
-  the size of the field notes' speed anchor.
+- Generator: z (Z_DIM) → 4x4x(8c) → five x2 stages (a stride-2 transposed convolution, or with
+  ``upsample="nearest"`` a nearest-neighbour x2 then a 3x3 convolution; each with batch norm and
+  ReLU) → 128x128 RGB in -1..1 (tanh). With c = 32 it has about 3.8 M parameters (transposed), the
+  size of the field notes' speed anchor.
 - Discriminator: the mirror image with spectral normalisation and leaky ReLU, hinge loss.
 - The exported graph (:class:`GeneratorExport`) maps the output to 0..1 at the training size; the
   run time (:mod:`liveart.visual.generator`) upsamples to the shown size (512) with Pillow's
@@ -25,6 +26,7 @@ class GanConfig:
     z_dim: int = Z_DIM
     base: int = 32  # channels at 128x128; 8x base at 4x4
     size: int = 128
+    upsample: str = "transpose"  # each x2 stage: a 4x4 stride-2 transposed convolution, or "nearest" + 3x3 convolution
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,8 +40,14 @@ class Generator(nn.Module):
         widths = [8 * c, 8 * c, 4 * c, 2 * c, c, c]  # 4, 8, 16, 32, 64, 128
         self.project = nn.Sequential(nn.Linear(config.z_dim, widths[0] * 16), nn.BatchNorm1d(widths[0] * 16), nn.ReLU())
         layers: list[nn.Module] = []
+        if config.upsample not in ("transpose", "nearest"):
+            raise ValueError(f"upsample must be transpose or nearest, not {config.upsample!r}")
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+            if config.upsample == "transpose":
+                layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False)]
+            else:  # no checkerboard: every output pixel sees the same number of inputs
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, 1, 1, bias=False)]
+            layers += [nn.BatchNorm2d(b), nn.ReLU()]
         layers += [nn.Conv2d(widths[-1], 3, 3, 1, 1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
         self.widths = widths
