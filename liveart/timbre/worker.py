@@ -108,17 +108,25 @@ class TimbreWorker:
         self.close()
 
     # ------------------------------------------------------------------ the audio thread's side
-    def post(self, request: Request) -> None:
+    def post(self, request: Request, wake: bool = True) -> None:
+        """Ask for ``request``'s frames; ``wake=False`` leaves the worker asleep until :meth:`wake`
+        (the engine wakes it once its block is done, so the worker does not take the GIL from the
+        audio thread in the middle of a block)."""
         self._request = request
+        if wake:
+            self._wake.set()
+
+    def wake(self) -> None:
         self._wake.set()
 
     def latest(self) -> Result | None:
         """The newest decoded frames (for the boundary they name: the engine checks)."""
         return self._result
 
-    def places_moved(self, targets: np.ndarray) -> None:
+    def places_moved(self, targets: np.ndarray, wake: bool = True) -> None:
         self._targets = targets.astype(np.float32)  # a copy: the engine keeps changing its own
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def onset(self, channel: int, note: int, velocity: int):
         """The first frame of a note: (harmonics, noise, amp) from the channel's table."""
