@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the generator's x2 stages: transposed convolutions, or nearest-neighbour + 3x3 convolution")
     tv.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                     help="stop after N steps (with --threads 1 the same seed and steps give the same weights)")
+    tv.add_argument("--no-augment", action="store_true",
+                    help="show the discriminator the crops as they are (default: DiffAugment on real and generated)")
     tv.add_argument("--resume", action="store_true", help="go on from the last checkpoint in --out")
     tv.add_argument("--data", metavar="PATH", default=".cache/visual-dataset-v1.npz",
                     help="the cached wallpapers; built from the Debian packages when missing")
@@ -473,14 +475,15 @@ def _timbre(args) -> int:
 def _train_visual(args) -> int:
     from pathlib import Path
 
-    from .training.train_visual import train
+    from .training.train_visual import AUGMENT, train
     from .training.visual_data import load_or_build
     from .training.visual_model import GanConfig
 
     data = load_or_build(Path(args.data))
     print(f"{len(data.images)} wallpapers", flush=True)
     result = train(data, GanConfig(base=args.base, upsample=args.upsample), Path(args.out), seed=args.seed, minutes=args.minutes,
-                   threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps)
+                   threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps,
+                   augment=() if args.no_augment else AUGMENT)
     print(f"trained the generator: {result.steps} steps, best SWD x1000 {result.best_swd:.1f} (blurred crops "
           f"{result.blurred_swd:.1f}) in {result.seconds / 60:.1f} min; wrote {result.onnx}")
     return 0
