@@ -88,10 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--midi-out", metavar="OUT.mid", default=None,
                    help="also write the MIDI that was played (with the model's part) to this file")
     r.add_argument("--video", metavar="OUT.mp4", default=None,
-                   help="also write a video in sync (work in progress: needs --visual-model)")
+                   help="also write a video in sync: the visualizer's pictures, moved by the music, with the audio")
     r.add_argument("--fps", type=_positive_float, default=30.0, metavar="F", help="video frames a second (default 30)")
     r.add_argument("--size", type=_positive_int, default=512, metavar="PX", help="video size in pixels (default 512)")
-    r.add_argument("--visual-model", metavar="PATH", default=None, help="the generator (.onnx) for --video")
+    r.add_argument("--visual-model", metavar="PATH", default=None, help="the generator (.onnx) for --video (default the shipped one)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="where the timbre decoder runs (default: the patch's, auto: CUDA when it truly works)")
     _melody_options(r, modes=False)

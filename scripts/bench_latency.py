@@ -21,8 +21,9 @@ Targets:
   ``audio.jack.autoconnect`` and ``midi.autoconnect`` are off by default), its shell kept open on a
   pipe. Ports: ``fluidsynth-midi:midi_00`` in, ``fluidsynth-midi:left/right`` out.
 - ``liveart``: ``python -m liveart play --midi-api jack --virtual --block PERIOD --no-status
-  --patch PATCH`` plus ``--liveart-args`` (default ``--no-melody --no-take``: the melody model's own
-  notes would sound between the probe's). MIDI in: ``liveart in:...``; audio: PortAudio's JACK
+  --patch PATCH`` plus ``--liveart-args`` (default ``--mode free --no-take``: the melody model
+  generates all along, its channel muted by CC 7 so that its voices are decoded but its notes do
+  not sound between the probe's). MIDI in: ``liveart in:...``; audio: PortAudio's JACK
   client, ``liveart:out_0``/``out_1`` (PortAudio's default client name is ``PortAudio``; both match,
   with ``-NN`` when the name is taken).
 - ``--visual MODEL.onnx``: the liveart targets also run the visualizer (``--visual``) and a real

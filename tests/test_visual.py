@@ -1,12 +1,17 @@
-"""The visualizer's groundwork: the image-set distance the quality target is measured with, the
-crop sampler, and the generator's export path (the GAN itself is not trained yet: issue 6)."""
+"""The visualizer: the image-set distance the quality target is measured with, the crop sampler,
+the generator's training and export, the shipped generator (``models/visual-generator.onnx`` and
+its weights ``models/visual.pt``), the driver, and the offline video."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from liveart.training import swd
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _textures(n: int, seed: int, size: int = 64) -> np.ndarray:
@@ -71,6 +76,26 @@ def test_generator_export_matches_torch_and_shows_512(tmp_path):
     small = np.asarray(frames[0, ::4, ::4], np.float32) / 255.0
     assert np.abs(small - got[0].transpose(1, 2, 0)).mean() < 0.05, "the upsampled frame is the generator's image"
     assert parameter_count(Generator(GanConfig())) > 2_000_000
+
+
+def test_the_shipped_generator_is_the_default_and_matches_its_torch_weights():
+    torch = pytest.importorskip("torch")
+    from liveart.training.visual_model import GanConfig, Generator, GeneratorExport
+    from liveart.visual.generator import VisualGenerator, resolve_visual_model
+
+    path = resolve_visual_model(None)
+    assert path.samefile(MODELS / "visual-generator.onnx")
+    ckpt = torch.load(MODELS / "visual.pt", map_location="cpu", weights_only=False)
+    g = Generator(GanConfig(**ckpt["config"]))
+    g.load_state_dict(ckpt["g_ema"])
+    gen = VisualGenerator(path, shown=512, device="cpu")
+    z = torch.from_numpy(np.random.default_rng(3).standard_normal((4, gen.z_dim)).astype(np.float32))
+    with torch.no_grad():
+        want = GeneratorExport(g.eval())(z).numpy()
+    got = gen.raw(z.numpy())
+    assert got.shape == (4, 3, 128, 128) and np.max(np.abs(got - want)) <= 1e-4
+    # A trained generator: different latents give different pictures, and not flat ones.
+    assert np.abs(got[0] - got[1]).mean() > 0.02 and got.std(axis=(2, 3)).mean() > 0.03
 
 
 def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
@@ -263,7 +288,8 @@ def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, c
     path = write_midi(tmp_path / "n.mid", [[mido.Message("note_on", note=60, velocity=100, time=0),
                                             mido.Message("note_off", note=60, velocity=0, time=480)]], midi_type=0)
     for extra, message in ((["--video", str(tmp_path / "v.avi"), "--visual-model", str(tiny_generator)], ".mp4"),
-                           (["--video", str(tmp_path / "v.mp4")], "no visual generator ships"),
+                           (["--video", str(tmp_path / "v.mp4"), "--visual-model",
+                             str(MODELS / "timbre-decoder.onnx")], "not a liveart visual generator"),
                            (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tmp_path / "none.onnx")],
                             "no such model file"),
                            (["--video", str(tmp_path / "v.mp4"), "--visual-model", str(tiny_generator), "--fps", "500"],
