@@ -140,6 +140,11 @@ class JackServer:
 
     The name is unique (``liveart-<pid>-<n>-<random>``) unless given, so a server someone else runs
     under the default name is never touched.
+
+    While it runs, the server holds a PM QoS request for a CPU wake-up latency of 0 where allowed
+    (:func:`liveart.hosts.live.hold_cpu_awake`, as a tuned audio machine would): on this project's
+    VMs idle CPUs otherwise halt and wake late enough to make xruns of every client, a test's own
+    reference instrument included.
     """
 
     def __init__(self, sample_rate: int = DEFAULT_SAMPLE_RATE, period: int = DEFAULT_PERIOD_FRAMES,
@@ -164,6 +169,7 @@ class JackServer:
         self._log = None
         self._saved_env: str | None = None
         self._env_set = False
+        self._awake = None  # the PM QoS request, while the server runs
 
     @property
     def argv(self) -> list[str]:
@@ -195,12 +201,16 @@ class JackServer:
             existing.close()
             raise JackProbeError(f"a JACK server named {self.name!r} is already running; "
                                  "pick another name (or leave name=None for a unique one)")
+        from ..hosts.live import hold_cpu_awake
+
+        self._awake = hold_cpu_awake()
         self._log = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                             stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)
         except OSError as e:
+            self.stop()
             raise JackProbeError(f"cannot start {self.jackd!r}: {e}; install JACK2 (Debian: jackd2)") from e
         self._saved_env = os.environ.get("JACK_DEFAULT_SERVER")
         os.environ["JACK_DEFAULT_SERVER"] = self.name
@@ -228,6 +238,9 @@ class JackServer:
         if proc is not None:
             stop_process(proc, SERVER_STOP_TIMEOUT_S)
             self.process_returncode = proc.returncode
+        if self._awake is not None:
+            self._awake.close()
+            self._awake = None
         if self._env_set:
             if self._saved_env is None:
                 os.environ.pop("JACK_DEFAULT_SERVER", None)
