@@ -157,7 +157,7 @@ class Engine:
         self.timbre = None
         self._timbre_voice = np.zeros(capacity, bool)
         self._timbre_peak = np.zeros(capacity)  # each timbre voice's loudest level so far (model scale)
-        self._timbre_wake = False  # the timbre worker has work: wake it when the block is done
+        self._timbre_async = False  # a worker decodes ahead (live); set by _init_timbre
         if patch.uses_timbre():
             self._init_timbre(timbre)
         self.reserve(patch.audio.block_frames)
@@ -290,8 +290,7 @@ class Engine:
             energy = float(np.dot(left, left)) + float(np.dot(right, right))
         state.peak = float(peak)
         state.rms = math.sqrt(energy / (2 * n)) if n else 0.0
-        if self._timbre_wake:  # only now: a worker woken mid-block would take the GIL from this thread
-            self._timbre_wake = False
+        if self._timbre_async:  # only now: a worker woken mid-block would take the GIL from this thread
             self.timbre.wake()
 
     # ------------------------------------------------------------------ event handling
@@ -516,7 +515,7 @@ class Engine:
         if not np.any(self._timbre_voice & (b.t_end > t) & (b.channel == channel)):
             self._glide.snap(channel)
         if self._timbre_async:
-            self._timbre_moved(self._glide.predict(t + self.hop_frames))
+            self.timbre.places_moved(self._glide.predict(t + self.hop_frames))
 
     def _timbre_sounding(self, t: int) -> bool:
         return bool(np.any(self._timbre_voice & (self.bank.t_end > t)))
@@ -607,7 +606,7 @@ class Engine:
             voices, harmonics, noise, amp, tables = self._timbre_take(t)
             self._timbre_post(t + self.hop_frames)
             if self._glide.moving():  # onset tables follow the glide (the worker rate-limits remakes)
-                self._timbre_moved(self._glide.predict(t + self.hop_frames))
+                self.timbre.places_moved(self._glide.predict(t + self.hop_frames))
         else:
             voices = np.flatnonzero(self._timbre_voice & (b.t_end > t) & (b.t_on < t))
             if len(voices):
@@ -661,13 +660,8 @@ class Engine:
         on = (boundary - b.t_on[voices]) / sr
         off = np.where(b.t_off[voices] < FAR_FUTURE, (boundary - b.t_off[voices]) / sr, -1.0)
         self.timbre.post(self._timbre_request(boundary, voices, b.t_on[voices].copy(), z.astype(np.float32), b.note[voices],
-                                 b.velocity[voices], on, off, b.freq_after[voices].copy()), wake=False)
+                                 b.velocity[voices], on, off, b.freq_after[voices].copy()))
         self._timbre_posted = boundary
-        self._timbre_wake = True  # at the end of the block
-
-    def _timbre_moved(self, targets: np.ndarray) -> None:
-        self.timbre.places_moved(targets, wake=False)
-        self._timbre_wake = True
 
 
 def _cached(cache: dict, key, make):

@@ -42,6 +42,7 @@ from .. import events as ev
 from ..engine import Engine
 from ..errors import LiveartError, PortError
 from ..patch import Patch
+from .realtime import hold_cpu_awake, raise_priority
 
 SWITCH_INTERVAL_SECONDS = 0.0005  # Python's GIL hand-over interval while playing (default 5 ms > a block)
 MAX_INBOX = 512  # queued input messages; beyond this a flood's note-ons are dropped (note-offs never)
@@ -53,7 +54,6 @@ STATUS_SECONDS_NOT_TTY = 10.0  # into a log file or a pipe: a line now and then,
 # Threads that take the GIL run at a real-time priority under the audio thread's where the system
 # allows it (JACK users have rtprio limits): a GIL holder preempted by some other program would
 # make the audio callback wait. Best effort; nothing changes where it is not allowed.
-HELPER_PRIORITY = 1  # the lowest real-time priority: under every JACK thread
 TAKE_FLUSH_SECONDS = 0.25  # at most this much of a take can be lost (a bar is longer at any usable tempo)
 RECONNECT_POLL_SECONDS = 0.5
 VISUAL_FEED_SECONDS = 0.008  # what the engine played goes to the visual display's process this often
@@ -1156,39 +1156,6 @@ class JackIO:
             pass
         self.active = False
         self.client = None
-
-
-def raise_priority(priority: int = HELPER_PRIORITY) -> bool:
-    """Give the calling thread a real-time (round-robin) priority, where allowed; False otherwise."""
-    if not hasattr(os, "sched_setscheduler"):
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))  # 0: this thread (Linux)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-CPU_DMA_LATENCY = "/dev/cpu_dma_latency"
-
-
-def hold_cpu_awake():
-    """Ask Linux's PM QoS for a CPU wake-up latency of 0 while liveart plays (the request lasts as
-    long as the returned file stays open), where allowed; None otherwise. Idle CPUs then poll instead
-    of sleeping: on this project's VMs (the haltpoll idle driver) a halted CPU took long enough to
-    wake that the 60-second JACK test saw 318 xruns idle and 30 with the request held."""
-    import struct
-
-    try:
-        f = open(CPU_DMA_LATENCY, "wb", buffering=0)
-    except OSError:
-        return None
-    try:
-        f.write(struct.pack("i", 0))
-    except OSError:
-        f.close()
-        return None
-    return f
 
 
 def play(patch: Patch, settings: LiveSettings, out=sys.stderr) -> LiveStats:

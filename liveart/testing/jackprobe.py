@@ -142,7 +142,7 @@ class JackServer:
     under the default name is never touched.
 
     While it runs, the server holds a PM QoS request for a CPU wake-up latency of 0 where allowed
-    (:func:`liveart.hosts.live.hold_cpu_awake`, as a tuned audio machine would): on this project's
+    (:func:`liveart.hosts.realtime.hold_cpu_awake`, as a tuned audio machine would): on this project's
     VMs idle CPUs otherwise halt and wake late enough to make xruns of every client, a test's own
     reference instrument included.
     """
@@ -201,7 +201,7 @@ class JackServer:
             existing.close()
             raise JackProbeError(f"a JACK server named {self.name!r} is already running; "
                                  "pick another name (or leave name=None for a unique one)")
-        from ..hosts.live import hold_cpu_awake
+        from ..hosts.realtime import hold_cpu_awake
 
         self._awake = hold_cpu_awake()
         self._log = tempfile.TemporaryFile()

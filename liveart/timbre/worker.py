@@ -79,6 +79,7 @@ class TimbreWorker:
         self._tables: tuple | None = None  # (harmonics, noise, amp) of shape (16, 128, layers, ...)
         self._table_places: np.ndarray | None = None
         self._wake = threading.Event()
+        self._pending = False  # posted or moved since the last wake
         self._running = True
         self._done: Request | None = None
         self.failures = 0  # decodes that raised (the voices kept their parameters)
@@ -108,25 +109,26 @@ class TimbreWorker:
         self.close()
 
     # ------------------------------------------------------------------ the audio thread's side
-    def post(self, request: Request, wake: bool = True) -> None:
-        """Ask for ``request``'s frames; ``wake=False`` leaves the worker asleep until :meth:`wake`
-        (the engine wakes it once its block is done, so the worker does not take the GIL from the
-        audio thread in the middle of a block)."""
+    def post(self, request: Request) -> None:
+        """Ask for ``request``'s frames (the worker starts on them at the next :meth:`wake`)."""
         self._request = request
-        if wake:
-            self._wake.set()
+        self._pending = True
 
     def wake(self) -> None:
-        self._wake.set()
+        """Start on what was posted, if anything. The engine calls this once its block is written,
+        so that the worker does not take the GIL from the audio thread in the middle of a block."""
+        if self._pending:
+            self._pending = False
+            self._wake.set()
 
     def latest(self) -> Result | None:
         """The newest decoded frames (for the boundary they name: the engine checks)."""
         return self._result
 
-    def places_moved(self, targets: np.ndarray, wake: bool = True) -> None:
+    def places_moved(self, targets: np.ndarray) -> None:
+        """The channels' places moved: onset tables to remake (at the next :meth:`wake`)."""
         self._targets = targets.astype(np.float32)  # a copy: the engine keeps changing its own
-        if wake:
-            self._wake.set()
+        self._pending = True
 
     def onset(self, channel: int, note: int, velocity: int):
         """The first frame of a note: (harmonics, noise, amp) from the channel's table."""

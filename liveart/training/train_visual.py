@@ -127,12 +127,12 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
                                                                   np.random.default_rng(54321)), 1), eval_real)[0]
     started = time.monotonic() - spent
     bar = tqdm(disable=not progress, desc=name, unit="step", initial=step)
+    aug = (lambda x: diff_augment(x, augment)) if augment else (lambda x: x)
     while time.monotonic() - started < minutes * 60 and (max_steps is None or step < max_steps):
         real = torch.from_numpy(random_crops(data, "train", batch, config.size, rng))
         z = torch.randn(batch, config.z_dim)
         with torch.no_grad():
             fake = g(z)
-        aug = (lambda x: diff_augment(x, augment)) if augment else (lambda x: x)
         loss_d = nn.functional.relu(1.0 - d(aug(real))).mean() + nn.functional.relu(1.0 + d(aug(fake))).mean()
         opt_d.zero_grad()
         loss_d.backward()
