@@ -438,3 +438,24 @@ def test_follower_counts_ticks_lost_in_transport():
     step, frame = follower.next_step(200 * period)
     assert frame % (6 * period) == 0 and step == frame // (6 * period)
     assert abs(follower.position_steps(199 * period) - 199 / 6) < 0.01
+
+
+def test_follower_drops_ticks_received_twice():
+    """A client JACK2 runs again after a late cycle can read the same MIDI twice: a repeated tick
+    must not shift the song position either; a real tempo change is still followed."""
+    sr = 48000
+    follower = ClockFollower(sr)
+    follower.feed(0, [0xFA])
+    period = 1200  # 100 bpm
+    for k in range(200):
+        follower.feed(k * period, [0xF8])
+        if k in (60, 130):  # the same tick again, a 128-frame period later
+            follower.feed(k * period + 128, [0xF8])
+    assert follower.repeated_ticks == 2 and follower.lost_ticks == 0
+    step, frame = follower.next_step(200 * period)
+    assert frame % (6 * period) == 0 and step == frame // (6 * period)
+    # then 140 bpm from tick 200: followed as a tempo, not taken for repeats
+    fast = 48000 * 60 / (140 * 24)
+    for j in range(1, 100):
+        follower.feed(199 * period + j * fast, [0xF8])
+    assert follower.repeated_ticks == 2 and abs(follower.bpm - 140) < 1

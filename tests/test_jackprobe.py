@@ -77,31 +77,32 @@ class ReferenceInstrument:
         self.client.close()
 
 
-def _measure_with_retry(probe, midi_port, audio_ports, **kwargs):
-    """One retry after an xrun: a late cycle on a loaded machine is not the probe's fault."""
-    result = measure_latency(probe, midi_port, audio_ports, **kwargs)
-    if result.xruns or result.frames_missing:
-        result = measure_latency(probe, None, None, **kwargs)
-    return result
-
-
 @needs_jack
 @pytest.mark.parametrize("delay_frames", [0, 37, 200])
 def test_latency_of_a_frame_exact_instrument_is_exact(probe, delay_frames):
+    # This VM's idle CPUs sometimes wake a client late (the server reports an xrun a few times a
+    # minute): a note with an xrun from a period before it to a few periods after its sound says
+    # nothing of the probe. Every other note must have one latency; runs repeat until 20 notes do.
     inst = ReferenceInstrument(delay_frames)
     try:
-        result = _measure_with_retry(probe, inst.midi_in.name, [inst.out.name], notes=30,
+        for _attempt in range(4):
+            result = measure_latency(probe, inst.midi_in.name, [inst.out.name], notes=30,
                                      spacing_frames=2400, note_length_frames=480)
+            clean = ~result.near_xrun(PERIOD, delay_frames + 4 * PERIOD)
+            if clean.sum() >= 20:
+                break
     finally:
         inst.close()
-    assert result.notes == 30 and result.missed == 0
-    lat = set(result.latencies_frames)
-    assert len(lat) == 1, f"latency varied: {sorted(lat)}"
+    assert result.notes == 30 and clean.sum() >= 20, (clean.sum(), result.xruns)
+    lat = [v for v, ok in zip(result.latencies_frames, clean) if ok]
+    assert None not in lat, lat  # every note away from an xrun sounded
+    assert len(set(lat)) == 1, f"latency varied: {sorted(set(lat))}"
     # probe -> instrument -> probe is a loop in JACK's graph: one of its edges is read one cycle later
-    assert lat.pop() in (delay_frames, delay_frames + PERIOD)
-    assert result.jitter_frames == 0
+    assert lat[0] in (delay_frames, delay_frames + PERIOD)
+    if not result.xruns:
+        assert result.missed == 0 and result.jitter_frames == 0
     # the notes were sent at offsets spread over the period, so a constant is really frame-exact
-    assert len(set(result.send_offsets.tolist())) > 15
+    assert len(set(result.send_offsets[clean].tolist())) > 15
 
 
 @needs_jack

@@ -106,6 +106,7 @@ class LiveStats:
     panics: int = 0
     caught_up_frames: int = 0  # JACK: frames of cycles missed in xruns, rendered unheard to keep time
     slipped_frames: int = 0  # JACK: missed frames beyond what is caught up (time slipped by this much)
+    held_frames: int = 0  # JACK: cycles the engine had already played (a late callback), waited out in silence
     cpu_awake: bool = False  # the CPU wake-up latency request (PM QoS 0) was held while playing
     errors: list = field(default_factory=list)
 
@@ -454,14 +455,23 @@ class LiveHost:
             # Cycles the server ran without liveart (an xrun): the engine catches up on them, unheard,
             # so its time stays locked to the server's (the clock, MIDI out, the take keep their place).
             gap = (cycle - self._jack_next_cycle) & 0xFFFFFFFF if self._jack_next_cycle is not None else 0
+            hold = False
             if 0 < gap <= MAX_CATCH_UP_FRAMES:
                 self._block(start, gap, self._jack_scratch[:gap])
                 self.stats.caught_up_frames += gap
                 start = self.engine.frame
                 self._published = (start, t0, frames)
-            elif gap > MAX_CATCH_UP_FRAMES and gap < 0x80000000:
+            elif 0xFFFFFFFF - MAX_CATCH_UP_FRAMES < gap:
+                # A cycle the engine has already played. JACK2 runs its graph again when a client did
+                # not finish in time, and a callback that ran late read the next cycle's start as its
+                # own: the engine is ahead of the server. Wait here (silence, MIDI in kept) until the
+                # server's cycles meet the engine's time again, so it stays locked (no slip).
+                hold = True
+                self.stats.held_frames += frames
+            elif gap > MAX_CATCH_UP_FRAMES:
                 self.stats.slipped_frames += gap
-            self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF
+            if not hold:
+                self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF
             taken = 0
             external = self.settings.clock == "external"
             for offset, data in jio.midi_in.incoming_midi_events():
@@ -478,6 +488,12 @@ class LiveHost:
                     self.stats.input_dropped += 1  # a flood: note-offs always go through
                     continue
                 self._schedule_input(start + offset, message)
+            if hold:
+                for p in jio.audio_out:
+                    p.get_array().fill(0.0)
+                jio.midi_out.clear_buffer()
+                self._timed(t0)
+                return
             out = self._jack_buffer[:frames]
             self._block(start, frames, out)
             jio.audio_out[0].get_array()[:] = out[:, 0]

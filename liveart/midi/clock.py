@@ -412,6 +412,7 @@ class ClockFollower(_StepGrid):
         self._reported_bpm: float | None = None
         self._announced = None
         self.lost_ticks = 0  # ticks inferred lost in transport (counted into the song position)
+        self.repeated_ticks = 0  # ticks inferred received twice (taken out of the song position)
 
     # -- input -----------------------------------------------------------------------------------
     def feed(self, frame: int, message) -> str | None:
@@ -509,9 +510,14 @@ class ClockFollower(_StepGrid):
         lost = self._lost_ticks()
         if lost:
             # The ticks kept their tempo but came m tick periods late: m ticks were lost on the way
-            # (JACK drops the MIDI of a cycle a client misses). The song position counts them.
+            # (JACK drops the MIDI of a cycle a client misses). The song position counts them. m < 0:
+            # they came m periods early, so m ticks were counted twice (a client JACK runs again
+            # after a late cycle can read the same MIDI twice); the count drops them.
             self._arrivals += lost
-            self.lost_ticks += lost
+            if lost > 0:
+                self.lost_ticks += lost
+            else:
+                self.repeated_ticks -= lost
             self._window.extend((k + lost, f) for k, f, _ in self._pending)
             self._pending.clear()
             self._fit()
@@ -530,7 +536,8 @@ class ClockFollower(_StepGrid):
 
     def _lost_ticks(self) -> int:
         """m >= 1 when every tick set aside lies m tick periods after the line (within a quarter
-        period): ticks lost on the way, not a new tempo. 0 otherwise."""
+        period): ticks lost on the way, not a new tempo; m <= -1 when they lie |m| periods before
+        it: ticks counted twice. 0 otherwise."""
         period = self._line[2]
         if not period > 0:
             return 0
@@ -542,7 +549,7 @@ class ClockFollower(_StepGrid):
         # ... and all lie the same whole number of periods after it.
         ratios = [r / period for _, _, r in pending]
         m = round(ratios[0])
-        if not 1 <= m <= MAX_LOST_TICKS:
+        if not 1 <= abs(m) <= MAX_LOST_TICKS:
             return 0
         if all(abs(x - m) < LOST_TICK_TOLERANCE for x in ratios):
             return m

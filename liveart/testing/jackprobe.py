@@ -490,6 +490,7 @@ class Probe:
         self.midi_in = self.client.midi_inports.register("midi_in")
         self.audio_in = [self.client.inports.register(f"in_{i + 1}") for i in range(audio_inputs)]
         self.xruns = 0
+        self.xrun_frames: list[int] = []  # the server's frame when each xrun was reported (a little after it)
         self.cycles = 0
         self.callback_errors = 0
         self.last_callback_error: BaseException | None = None
@@ -652,6 +653,9 @@ class Probe:
 
     def _on_xrun(self, delayed_usecs: float) -> None:
         self.xruns += 1
+        client = self.client
+        if client is not None:  # (the notification thread, not the real-time one)
+            self.xrun_frames.append(client.frame_time)
 
     def _on_shutdown(self, status, reason: str) -> None:
         self.shutdown_reason = reason or "the JACK server shut down"
@@ -784,6 +788,16 @@ class LatencyResult:
     frames_missing: int = 0
     callback_errors: int = 0
     recording: Recording | None = dataclasses.field(default=None, repr=False)
+    xrun_frames: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def near_xrun(self, before_frames: int, after_frames: int) -> np.ndarray:
+        """Per note, whether an xrun was reported from ``before_frames`` before its note-on to
+        ``after_frames`` after it. Around an xrun a late client reads the next cycle's start as its
+        own, its output for a cycle can be dropped and MIDI another client wrote can be overwritten
+        before it is read: the timing of such a note says nothing about the instrument."""
+        notes = np.asarray(self.note_frames, np.int64)[:, None]
+        x = np.asarray(self.xrun_frames, np.int64)[None, :]
+        return np.any((x >= notes - before_frames) & (x <= notes + after_frames), axis=1)
 
     @property
     def notes(self) -> int:
@@ -898,7 +912,7 @@ def measure_latency(probe: Probe, midi_in_port: str | None, audio_out_ports: Seq
 
     rec_start = int(on_frames[0]) - pre_window_frames
     rec_end = int(on_frames[-1]) + max(spacing, max_lat)
-    xruns0, errors0 = probe.xruns, probe.callback_errors
+    xruns0, errors0, xrun_index = probe.xruns, probe.callback_errors, len(probe.xrun_frames)
     rec = probe.record(rec_start, frames=rec_end - rec_start)
     sched = probe.schedule(events)
     timeout = (rec_end - probe.frame_time) / sr + RECORD_TIMEOUT_MARGIN_S
@@ -912,7 +926,8 @@ def measure_latency(probe: Probe, midi_in_port: str | None, audio_out_ports: Seq
                          note_frames=on_frames, xruns=probe.xruns - xruns0, late_events=sched.late,
                          frames_missing=rec.frames - rec.covered_frames,
                          callback_errors=probe.callback_errors - errors0,
-                         recording=rec if keep_recording else None)
+                         recording=rec if keep_recording else None,
+                         xrun_frames=np.array(probe.xrun_frames[xrun_index:], np.int64))
 
 
 __all__ = [
