@@ -180,3 +180,13 @@ def test_detect_onsets_finds_known_onsets_and_ignores_silent_notes():
     quiet = np.zeros(3000, np.float32)
     quiet[500:600] = 10 ** (-60 / 20)
     assert detect_onsets(quiet, [400]) == [None]
+
+
+def test_near_xruns_includes_both_ends_of_the_window():
+    from liveart.testing.jackprobe import near_xruns
+
+    frames = [1000, 2000, 3000]
+    assert near_xruns(frames, [900], 100, 50).tolist() == [True, False, False]  # 100 before: in
+    assert near_xruns(frames, [2050], 100, 50).tolist() == [False, True, False]  # 50 after: in
+    assert near_xruns(frames, [2051, 2899], 100, 50).tolist() == [False, False, False]
+    assert near_xruns(frames, [], 100, 50).tolist() == [False, False, False]

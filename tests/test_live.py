@@ -206,7 +206,7 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # grid to the frame. Near one, the probe itself may stamp a message a period off (a late
     # callback reads the next cycle's start), so those are not judged.
     xrun_frames = np.array(probe.xrun_frames, np.int64)
-    near = np.array([np.any(np.abs(xrun_frames - f) <= 4 * PERIOD) for f in model_ons], bool)
+    near = jackprobe.near_xruns(model_ons, xrun_frames, 4 * PERIOD, 4 * PERIOD)
     assert np.sum(~near) >= 0.7 * len(model_ons), (np.sum(~near), len(model_ons), xruns)
     clean = model_ons[~near]
     offset = (clean - clean[0] + 3000) % 6000 - 3000
@@ -257,8 +257,7 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # Windows of 480 frames, compared where no xrun was reported within 25 ms (there a cycle of
     # the live audio may be silence or a period late).
     window_start = result.recording.start_frame + shift + 480 * np.arange(n)
-    clean = np.array([not np.any((xrun_frames > w - 1200) & (xrun_frames < w + 480 + 1200))
-                      for w in window_start], bool)
+    clean = ~jackprobe.near_xruns(window_start, xrun_frames, 1199, 480 + 1199)
     assert clean.sum() >= 0.7 * n, (clean.sum(), n, xruns)
     corr = np.corrcoef(a[:n][clean], b[:n][clean])[0, 1]
     assert corr > 0.95, (corr, np.corrcoef(a[:n], b[:n])[0, 1], xruns)

@@ -468,7 +468,7 @@ class LiveHost:
                 # server's cycles meet the engine's time again, so it stays locked (no slip).
                 hold = True
                 self.stats.held_frames += frames
-            elif gap > MAX_CATCH_UP_FRAMES:
+            elif MAX_CATCH_UP_FRAMES < gap < 0x80000000:
                 self.stats.slipped_frames += gap
             if not hold:
                 self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF

@@ -511,7 +511,7 @@ class ClockFollower(_StepGrid):
         if lost:
             # The ticks kept their tempo but came m tick periods late: m ticks were lost on the way
             # (JACK drops the MIDI of a cycle a client misses). The song position counts them. m < 0:
-            # they came m periods early, so m ticks were counted twice (a client JACK runs again
+            # they came |m| periods early, so |m| ticks were counted twice (a client JACK runs again
             # after a late cycle can read the same MIDI twice); the count drops them.
             self._arrivals += lost
             if lost > 0:

@@ -795,9 +795,7 @@ class LatencyResult:
         ``after_frames`` after it. Around an xrun a late client reads the next cycle's start as its
         own, its output for a cycle can be dropped and MIDI another client wrote can be overwritten
         before it is read: the timing of such a note says nothing about the instrument."""
-        notes = np.asarray(self.note_frames, np.int64)[:, None]
-        x = np.asarray(self.xrun_frames, np.int64)[None, :]
-        return np.any((x >= notes - before_frames) & (x <= notes + after_frames), axis=1)
+        return near_xruns(self.note_frames, self.xrun_frames, before_frames, after_frames)
 
     @property
     def notes(self) -> int:
@@ -867,6 +865,14 @@ class LatencyResult:
                 "callback_errors": self.callback_errors}
 
 
+def near_xruns(frames, xrun_frames, before_frames: int, after_frames: int) -> np.ndarray:
+    """Per frame of ``frames``, whether one of ``xrun_frames`` lies from ``before_frames`` before it to
+    ``after_frames`` after it (both ends included)."""
+    f = np.asarray(frames, np.int64)[:, None]
+    x = np.asarray(xrun_frames, np.int64)[None, :]
+    return np.any((x >= f - before_frames) & (x <= f + after_frames), axis=1)
+
+
 def measure_latency(probe: Probe, midi_in_port: str | None, audio_out_ports: Sequence[str] | None,
                     notes: int = 200, spacing_frames: int | None = None, note: int = 60,
                     velocity: int = 100, offset_rng_seed: int = 0, *, channel: int = 0,
@@ -934,5 +940,5 @@ __all__ = [
     "JackProbeError", "jack_available", "stop_process", "jack_unavailable_reason", "JackServer", "Probe",
     "ScheduledEvents", "Recording", "MidiCapture", "clock_events", "clock_interval_frames",
     "find_ports", "wait_for_port", "wait_for_ports", "detect_onsets", "LatencyResult",
-    "measure_latency",
+    "measure_latency", "near_xruns",
 ]
