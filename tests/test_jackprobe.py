@@ -81,14 +81,15 @@ class ReferenceInstrument:
 @pytest.mark.parametrize("delay_frames", [0, 37, 200])
 def test_latency_of_a_frame_exact_instrument_is_exact(probe, delay_frames):
     # This VM's idle CPUs sometimes wake a client late (the server reports an xrun a few times a
-    # minute): a note with an xrun from a period before it to a few periods after its sound says
-    # nothing of the probe. Every other note must have one latency; runs repeat until 20 notes do.
+    # minute): a note with an xrun from two periods before it to 16 after its sound (the report comes
+    # from a thread that is not real-time, sometimes late) says nothing of the probe. Every other
+    # note must have one latency; runs repeat until 20 notes do.
     inst = ReferenceInstrument(delay_frames)
     try:
         for _attempt in range(4):
             result = measure_latency(probe, inst.midi_in.name, [inst.out.name], notes=30,
                                      spacing_frames=2400, note_length_frames=480)
-            clean = ~result.near_xrun(PERIOD, delay_frames + 4 * PERIOD)
+            clean = ~result.near_xrun(2 * PERIOD, delay_frames + 16 * PERIOD)
             if clean.sum() >= 20:
                 break
     finally:
@@ -119,21 +120,29 @@ def test_silent_instrument_counts_every_note_as_missed(probe):
 
 @needs_jack
 def test_clock_ticks_arrive_at_exact_frames(probe):
-    listener = Probe("clock-listener", audio_inputs=0)
-    try:
-        probe.client.connect(probe.midi_out_name, listener.midi_in_name)
-        capture = listener.capture_midi()
-        start = probe.frame_time + SR // 5
-        # 120 bpm at 48 kHz: a tick every 1000 frames; 130 bpm from tick 10: 923 1/13 frames
-        change = start + 10_000
-        stop = change + 20 * 48000 * 60 // (130 * 24) + 50
-        resume = stop + 5000
-        end = resume + 3000
-        sched = probe.send_clock(start, 120, end, tempo_changes=[(change, 130)], stop_frame=stop,
-                                 continue_frame=resume)
-        assert listener.wait_until_frame(end + 2 * PERIOD, timeout_s=5.0)
-    finally:
-        listener.close()
+    # Judged on a run the server played without an xrun (this VM has a few a minute: a late cycle
+    # sends its ticks late, which says nothing of the schedule); up to 8 runs of 0.6 s.
+    for _attempt in range(8):
+        listener = Probe("clock-listener", audio_inputs=0)
+        try:
+            probe.client.connect(probe.midi_out_name, listener.midi_in_name)
+            capture = listener.capture_midi()
+            xruns = probe.xruns
+            start = probe.frame_time + SR // 5
+            # 120 bpm at 48 kHz: a tick every 1000 frames; 130 bpm from tick 10: 923 1/13 frames
+            change = start + 10_000
+            stop = change + 20 * 48000 * 60 // (130 * 24) + 50
+            resume = stop + 5000
+            end = resume + 3000
+            sched = probe.send_clock(start, 120, end, tempo_changes=[(change, 130)], stop_frame=stop,
+                                     continue_frame=resume)
+            assert listener.wait_until_frame(end + 2 * PERIOD, timeout_s=5.0)
+            xruns = probe.xruns - xruns
+        finally:
+            listener.close()
+        if xruns == 0:
+            break
+    assert xruns == 0, "every run had an xrun"
     assert sched.done and sched.late == 0
     iv130 = 48000 * 60 / (130 * 24)
     expected = [(start, 0xFA)] + [(start + 1000 * k, 0xF8) for k in range(10)]
