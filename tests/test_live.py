@@ -371,8 +371,11 @@ def test_model_follows_an_external_clock_start_tempo_stop(server, probe, tmp_pat
         # Around an xrun JACK can drop the MIDI of a cycle a client misses or hand it twice to a
         # client it runs again: the follower infers lost and repeated ticks from their timing, but
         # not always (an open defect: its count of 16ths can shift by whole ticks). The notes must
-        # still land with a tick of the clock they follow.
-        to_tick = np.array([on - ticks[ticks <= on].max() for on in settled])  # after the tick before
+        # still land with a tick of the clock they follow (judged away from the xruns: a note decided
+        # or sent in a late cycle comes late).
+        judged = settled[~jackprobe.near_xruns(settled, probe.xrun_frames[xrun_index:], 8 * PERIOD, 8 * PERIOD)]
+        assert len(judged) >= 0.5 * len(settled), (len(judged), len(settled), xruns)
+        to_tick = np.array([on - ticks[ticks <= on].max() for on in judged])  # after the tick before
         assert np.percentile(to_tick, 95) <= 3 * PERIOD, (xruns, np.sort(to_tick)[-8:])
     # 140 bpm after the change: notes are 16ths of 140 apart (5143 frames), not of 100 (7200).
     late = np.diff(model_ons[model_ons > change + 2 * SR])
