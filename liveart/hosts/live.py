@@ -42,7 +42,7 @@ from .. import events as ev
 from ..engine import Engine
 from ..errors import LiveartError, PortError
 from ..patch import Patch
-from .realtime import hold_cpu_awake, raise_priority
+from .realtime import RepeatedMidi, hold_cpu_awake, raise_priority
 
 SWITCH_INTERVAL_SECONDS = 0.0005  # Python's GIL hand-over interval while playing (default 5 ms > a block)
 MAX_INBOX = 512  # queued input messages; beyond this a flood's note-ons are dropped (note-offs never)
@@ -107,6 +107,7 @@ class LiveStats:
     caught_up_frames: int = 0  # JACK: frames of cycles missed in xruns, rendered unheard to keep time
     slipped_frames: int = 0  # JACK: missed frames beyond what is caught up (time slipped by this much)
     held_frames: int = 0  # JACK: cycles the engine had already played (a late callback), waited out in silence
+    repeated_input: int = 0  # JACK: MIDI handed again when the server ran a cycle a second time (dropped)
     cpu_awake: bool = False  # the CPU wake-up latency request (PM QoS 0) was held while playing
     errors: list = field(default_factory=list)
 
@@ -474,8 +475,16 @@ class LiveHost:
                 self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF
             taken = 0
             external = self.settings.clock == "external"
+            # When JACK2 runs a cycle again (after a client missed it), the MIDI that liveart read in
+            # the first run can come again (the sender did not run the cycle again): a message the
+            # same as one already read in this cycle, at the same offset, is that repeat.
+            repeats = self._jack_repeats
+            repeats.cycle(cycle)
             for offset, data in jio.midi_in.incoming_midi_events():
                 message = bytes(data)
+                if repeats.repeated(offset, message):
+                    self.stats.repeated_input += 1
+                    continue
                 self.stats.input_messages += 1
                 if not message:
                     continue
@@ -768,6 +777,7 @@ class LiveHost:
                 self._jack_buffer = np.zeros((MAX_BLOCK_FRAMES, 2), np.float32)
                 self._jack_scratch = np.zeros((MAX_CATCH_UP_FRAMES, 2), np.float32)
                 self._jack_next_cycle = None
+                self._jack_repeats = RepeatedMidi(MAX_EVENTS_PER_BLOCK)
                 self.jack.start(self._jack_process)
             else:
                 import sounddevice as sd

@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import LiveartError
+from ..hosts.realtime import RepeatedMidi
 
 DEFAULT_SAMPLE_RATE = 48000
 DEFAULT_PERIOD_FRAMES = 128
@@ -384,6 +385,30 @@ class MidiCapture:
         self.lengths = np.zeros(capacity, np.int32)
         self.count = 0
         self.dropped = 0
+        self.repeated = 0  # messages JACK handed again in a second run of a cycle (not kept)
+        self._repeats = RepeatedMidi(capacity)
+
+    def read_cycle(self, cycle_start: int, incoming) -> None:
+        """Keep one cycle's messages, ``incoming`` (offset, data) pairs, at their absolute frames.
+        JACK2 runs a cycle again after a client missed it, and can then hand a receiver the MIDI it
+        already read in that cycle: a second run's message equal to one already read (the same
+        bytes at the same offset) is counted in ``repeated``, not kept again."""
+        repeats = self._repeats
+        repeats.cycle(cycle_start)
+        for off, data in incoming:
+            b = bytes(data)
+            if repeats.repeated(off, b):
+                self.repeated += 1
+                continue
+            k = self.count
+            if k >= len(self.frames):
+                self.dropped += 1
+                continue
+            self.frames[k] = cycle_start + off
+            self.lengths[k] = len(b)
+            for j in range(min(len(b), MIDI_BYTES_KEPT)):
+                self.data[k, j] = b[j]
+            self.count = k + 1
 
     def events(self) -> list[tuple[int, bytes]]:
         """The messages received so far as (absolute frame, bytes) (SysEx cut to its first bytes)."""
@@ -706,18 +731,7 @@ class Probe:
                     out.write_midi_event(off, data)
 
         # MIDI in, with absolute frames
-        cap = self._capture
-        for off, data in self.midi_in.incoming_midi_events():
-            k = cap.count
-            if k >= len(cap.frames):
-                cap.dropped += 1
-                continue
-            b = bytes(data)
-            cap.frames[k] = t0 + off
-            cap.lengths[k] = len(b)
-            for j in range(min(len(b), MIDI_BYTES_KEPT)):
-                cap.data[k, j] = b[j]
-            cap.count = k + 1
+        self._capture.read_cycle(t0, self.midi_in.incoming_midi_events())
 
         # audio in
         rec = self._recording
