@@ -150,6 +150,33 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
     assert gen.metadata["kind"] == "liveart-visual-generator" and gen.metadata["shown_size"] == "512"
 
 
+def test_minibatch_std_tells_a_collapsed_batch_and_the_lr_decays(tmp_path):
+    torch = pytest.importorskip("torch")
+    from liveart.training.visual_model import Discriminator, GanConfig, minibatch_std
+
+    same = torch.ones(8, 5, 4, 4) * 3.0
+    varied = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 5, 4, 4)
+    assert torch.allclose(minibatch_std(same), torch.full((8, 1, 4, 4), 1e-4), atol=1e-4)
+    # groups of 4: images 0, 2, 4, 6 and 1, 3, 5, 7 (values spread by 2, 4, 6: std sqrt(5))
+    assert torch.allclose(minibatch_std(varied), torch.full((8, 1, 4, 4), 5 ** 0.5))
+    assert minibatch_std(torch.randn(6, 5, 4, 4)).shape == (6, 1, 4, 4)  # 6 does not divide by 4: one group
+    d = Discriminator(GanConfig(base=4, mbstd=True))
+    assert d(torch.rand(4, 3, 128, 128) * 2 - 1).shape == (4,)
+    import json
+
+    from liveart.training import visual_data as vd
+    from liveart.training.train_visual import train
+
+    images = [(np.clip(_textures(1, i, 256)[0].transpose(1, 2, 0), -1, 1) * 127.5 + 127.5).astype(np.uint8)
+              for i in range(2)]
+    result = train(vd.VisualDataset(["a", "b"], images), GanConfig(base=4, mbstd=True), tmp_path, minutes=5.0,
+                   threads=1, progress=False, eval_every=2, eval_images=8, batch=4, max_steps=4, lr_decay=True)
+    last = torch.load(tmp_path / "visual.last.pt", weights_only=False)
+    assert result.steps == 4 and json.loads((tmp_path / "visual.train.json").read_text())["lr_decay"]
+    # lr at step 3 of 4: 2e-4 + (2e-5 - 2e-4) * (2 * 3/4 - 1)
+    assert last["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 - 1.8e-4 * 0.5)
+
+
 def _drive(events, seconds=6.0, fps=30, seed=0, settings=None):
     from liveart.visual.driver import Driver, DriverSettings
 
@@ -300,6 +327,18 @@ def test_video_errors_are_one_line_and_leave_nothing(tmp_path, tiny_generator, c
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["n.mid"]
+
+
+def test_play_checks_the_visual_model_before_opening_any_device(tmp_path, capsys):
+    from liveart.cli import main
+
+    for model, message in ((tmp_path / "none.onnx", "no such model file"),
+                           (MODELS / "timbre-decoder.onnx", "not a liveart visual generator")):
+        # (no audio device or MIDI port is named that exists: the model's error comes first)
+        assert main(["play", "--in", "no such controller", "--audio-device", "no such device", "--visual",
+                     "--visual-model", str(model), "--no-take"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
 
 
 def test_a_patch_sets_the_driver_and_bad_values_fail_with_the_key():

@@ -213,6 +213,10 @@ class LiveHost:
                             "or --virtual (ports a DAW can connect to)")
         if s.output_name is not None and s.virtual:
             raise PortError("--out and --virtual both name the MIDI output; give one")
+        if s.visual is not None:  # a bad generator is told before any device is opened
+            from ..visual.generator import VisualGenerator, resolve_visual_model
+
+            VisualGenerator(resolve_visual_model(s.visual_model), shown=s.visual.size, device="cpu")
         self.jack = None
         if s.backend != "portaudio":
             self.jack = JackIO.open(required=s.backend == "jack")

@@ -32,6 +32,8 @@ from .visual_data import VisualDataset, random_crops
 from .visual_model import Discriminator, GanConfig, Generator, GeneratorExport, parameter_count
 
 BATCH = 16
+LR = 2e-4
+LR_FINAL = 2e-5
 EMA_DECAY = 0.999
 EVAL_EVERY = 250
 EVAL_IMAGES = 256
@@ -92,9 +94,11 @@ def sample(g: Generator, count: int, seed: int) -> np.ndarray:
 def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, minutes: float = 60.0,
           threads: int = 2, resume: bool = False, progress: bool = True, name: str = "visual",
           eval_every: int = EVAL_EVERY, eval_images: int = EVAL_IMAGES, batch: int = BATCH,
-          max_steps: int | None = None, augment: tuple = AUGMENT) -> VisualTrainResult:
+          max_steps: int | None = None, augment: tuple = AUGMENT, lr_decay: bool = False) -> VisualTrainResult:
     """Train for ``minutes`` (or until ``max_steps`` steps: with the same seed, batch and one thread
-    a run of so many steps gives the same weights again)."""
+    a run of so many steps gives the same weights again). With ``lr_decay`` both learning rates fall
+    linearly from LR to LR_FINAL over the second half of the budget (by steps where ``max_steps`` is
+    given, else by time)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -105,8 +109,8 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     last_path, best_path = out_dir / f"{name}.last.pt", out_dir / f"{name}.pt"
     g, d = Generator(config), Discriminator(config)
     g_ema = copy.deepcopy(g).eval()
-    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
+    opt_g = torch.optim.Adam(g.parameters(), lr=LR, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=LR, betas=(0.0, 0.99))
     step, best, history, spent = 0, math.inf, [], 0.0
     wrote_best = False
     if resume and last_path.exists():
@@ -129,6 +133,12 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     bar = tqdm(disable=not progress, desc=name, unit="step", initial=step)
     aug = (lambda x: diff_augment(x, augment)) if augment else (lambda x: x)
     while time.monotonic() - started < minutes * 60 and (max_steps is None or step < max_steps):
+        if lr_decay:
+            done = step / max_steps if max_steps is not None else (time.monotonic() - started) / (minutes * 60)
+            lr = LR + (LR_FINAL - LR) * min(1.0, max(0.0, 2.0 * done - 1.0))
+            for opt in (opt_g, opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = lr
         real = torch.from_numpy(random_crops(data, "train", batch, config.size, rng))
         z = torch.randn(batch, config.z_dim)
         with torch.no_grad():
@@ -179,7 +189,8 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     export_onnx(best_path, onnx_path)
     meta = {"config": config.to_dict(), "seed": seed, "steps": step, "best_swd": best, "blurred_swd": blurred_swd,
             "history": history, "parameters": {"generator": parameter_count(g), "discriminator": parameter_count(d)},
-            "minutes": (time.monotonic() - started) / 60, "batch": batch, "augment": list(augment)}
+            "minutes": (time.monotonic() - started) / 60, "batch": batch, "augment": list(augment),
+            "lr_decay": lr_decay}
     (out_dir / f"{name}.train.json").write_text(json.dumps(meta, indent=1) + "\n")
     return VisualTrainResult(step, best, blurred_swd, time.monotonic() - started, onnx_path)
 

@@ -4,7 +4,10 @@
   ``upsample="nearest"`` a nearest-neighbour x2 then a 3x3 convolution; each with batch norm and
   ReLU) → 128x128 RGB in -1..1 (tanh). With c = 32 it has about 3.8 M parameters (transposed), the
   size of the field notes' speed anchor.
-- Discriminator: the mirror image with spectral normalisation and leaky ReLU, hinge loss.
+- Discriminator: the mirror image with spectral normalisation and leaky ReLU, hinge loss; with
+  ``mbstd`` its last 4x4 features get one more channel, the standard deviation over groups of
+  MBSTD_GROUP images (Karras et al., 2018): a generator that makes one picture for every latent is
+  told apart from the varied real crops.
 - The exported graph (:class:`GeneratorExport`) maps the output to 0..1 at the training size; the
   run time (:mod:`liveart.visual.generator`) upsamples to the shown size (512) with Pillow's
   bicubic filter, part of the measured pipeline: onnxruntime's own cubic Resize took 59 ms a frame
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 Z_DIM = 128
+MBSTD_GROUP = 4
 
 
 @dataclass
@@ -27,6 +31,7 @@ class GanConfig:
     base: int = 32  # channels at 128x128; 8x base at 4x4
     size: int = 128
     upsample: str = "transpose"  # each x2 stage: a 4x4 stride-2 transposed convolution, or "nearest" + 3x3 convolution
+    mbstd: bool = False  # the discriminator sees each group's spread (minibatch standard deviation, against collapse)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,10 +72,24 @@ class Discriminator(nn.Module):
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
-        self.head = sn(nn.Linear(widths[-1] * 16, 1))
+        self.mbstd = config.mbstd
+        self.head = sn(nn.Linear((widths[-1] + int(config.mbstd)) * 16, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x).flatten(1)).squeeze(1)
+        h = self.body(x)
+        if self.mbstd:
+            h = torch.cat([h, minibatch_std(h)], dim=1)
+        return self.head(h.flatten(1)).squeeze(1)
+
+
+def minibatch_std(h: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
+    """(B, C, H, W) → (B, 1, H, W): for each image, the mean standard deviation of the features over
+    its group of ``group`` images (the whole batch where it does not divide by ``group``)."""
+    b, _c, hh, ww = h.shape
+    g = group if b % group == 0 else b
+    y = h.view(g, b // g, -1)  # image i is in group i % (b // g)
+    std = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8).mean(dim=1)  # (b // g,)
+    return std.repeat(g).view(b, 1, 1, 1).expand(b, 1, hh, ww)
 
 
 class GeneratorExport(nn.Module):
