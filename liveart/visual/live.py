@@ -17,9 +17,12 @@ still computed, so the picture's motion is the same) and counted.
 
 The page (``/``) shows the newest frame full screen (a projector, or an OBS browser source), the
 frames a second it draws, and reconnects by itself when the server goes away and comes back
-(``?overlay=0`` hides the figures). ``/frame?after=N&epoch=E`` answers with the first frame newer
-than N (waiting up to a second), ``/status`` with the server's figures and the pages' reports,
-which the pages post to ``/report`` every second.
+(``?overlay=0`` hides the figures). The page reads ``/stream``, one response that carries every new
+frame as it is made (each an 8-byte header, the frame's index and the JPEG's length as two
+big-endian 32-bit numbers, then the JPEG), and draws the newest it has; it costs no request a frame.
+``/frame?after=N&epoch=E`` answers with the first frame newer than N (waiting up to a second), for
+other clients; ``/status`` with the server's figures and the pages' reports, which the pages post to
+``/report`` every second.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import struct
 import threading
 import time
 import uuid
@@ -141,6 +145,7 @@ class _Frames:
         self.cond = threading.Condition()
         self.reports: deque = deque(maxlen=REPORTS_KEPT)
         self.requests = 0
+        self.closing = False  # the server is stopping: streams end
 
     def publish(self, index: int, jpeg: bytes) -> None:
         with self.cond:
@@ -188,10 +193,33 @@ def _handler(frames: _Frames, status):
                     self._send(204, b"", "image/jpeg", {"X-Epoch": frames.epoch})
                 else:
                     self._send(200, got[1], "image/jpeg", {"X-Frame-Index": str(got[0]), "X-Epoch": frames.epoch})
+            elif url.path == "/stream":
+                self._stream()
             elif url.path == "/status":
                 self._send(200, json.dumps(status()).encode(), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")
+
+        def _stream(self):
+            """Every new frame, as it is made, on one response (it ends when the page goes away)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Epoch", frames.epoch)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            after = -1
+            try:
+                while not frames.closing:
+                    got = frames.newer(after, frames.epoch, FRAME_WAIT_S)
+                    if got is None:
+                        continue
+                    after, jpeg = got
+                    self.wfile.write(struct.pack(">II", after, len(jpeg)) + jpeg)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                pass
 
         def do_POST(self):
             if urlparse(self.path).path != "/report":
@@ -317,6 +345,7 @@ def _serve(conn, model_path: str, options: DisplayOptions, sample_rate: int) -> 
                 if stop:
                     break
         finally:
+            frames.closing = True
             server.shutdown()
             server.server_close()
     except (EOFError, KeyboardInterrupt, BrokenPipeError):
@@ -353,20 +382,40 @@ function change(bitmap) {  // mean absolute difference of a 16x16 thumbnail from
   return sum / (16 * 16 * 3);
 }
 
-async function frames() {
+async function draw(i, jpeg) {
+  const bitmap = await createImageBitmap(new Blob([jpeg], { type: "image/jpeg" }));
+  if (view.width !== bitmap.width) { view.width = bitmap.width; view.height = bitmap.height; }
+  ctx.drawImage(bitmap, 0, 0);
+  changes.push([i, change(bitmap)]);
+  bitmap.close();
+  index = i; drawn++;
+  times.push(performance.now());
+}
+
+async function frames() {  // one response carries every frame: [index u32][length u32][JPEG] ...
   for (;;) {
     try {
-      const r = await fetch(`/frame?after=${index}&epoch=${epoch}`, { cache: "no-store" });
-      if (r.status === 204) { epoch = r.headers.get("X-Epoch") || epoch; connected = true; continue; }
+      const r = await fetch("/stream", { cache: "no-store" });
       if (!r.ok) throw new Error(`status ${r.status}`);
-      const e = r.headers.get("X-Epoch"), i = Number(r.headers.get("X-Frame-Index"));
-      const bitmap = await createImageBitmap(await r.blob());
-      if (view.width !== bitmap.width) { view.width = bitmap.width; view.height = bitmap.height; }
-      ctx.drawImage(bitmap, 0, 0);
-      changes.push([i, change(bitmap)]);
-      bitmap.close();
-      epoch = e; index = i; drawn++; connected = true;
-      times.push(performance.now());
+      epoch = r.headers.get("X-Epoch") || epoch; connected = true;
+      const reader = r.body.getReader();
+      let buf = new Uint8Array(0);
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error("the stream ended");
+        const joined = new Uint8Array(buf.length + value.length);
+        joined.set(buf); joined.set(value, buf.length); buf = joined;
+        let newest = null, at = 0;
+        while (buf.length - at >= 8) {  // every whole frame received; only the newest is drawn
+          const head = new DataView(buf.buffer, buf.byteOffset + at, 8);
+          const i = head.getUint32(0), n = head.getUint32(4);
+          if (buf.length - at - 8 < n) break;
+          newest = [i, buf.subarray(at + 8, at + 8 + n)];
+          at += 8 + n;
+        }
+        buf = buf.slice(at);
+        if (newest) await draw(newest[0], newest[1]);
+      }
     } catch (err) {
       connected = false;
       info.textContent = "reconnecting";
