@@ -160,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after N steps (with --threads 1 the same seed and steps give the same weights)")
     tv.add_argument("--mbstd", action="store_true",
                     help="the discriminator also sees the spread of each group of 4 pictures (against a collapse to few pictures)")
+    tv.add_argument("--lr", type=_positive_float, default=2e-4, metavar="R", help="learning rate of both networks (default 2e-4)")
     tv.add_argument("--lr-decay", action="store_true",
-                    help="learning rates fall from 2e-4 to 2e-5 over the second half of the budget")
+                    help="learning rates fall to a tenth over the second half of the budget")
+    tv.add_argument("--init", type=str, metavar="CKPT", default=None,
+                    help="start the generator from this checkpoint's (e.g. models/visual.pt), with a new discriminator")
     tv.add_argument("--no-augment", action="store_true",
                     help="show the discriminator the crops as they are (default: DiffAugment on real and generated)")
     tv.add_argument("--resume", action="store_true", help="go on from the last checkpoint in --out")
@@ -488,7 +491,8 @@ def _train_visual(args) -> int:
     config = GanConfig(base=args.base, upsample=args.upsample, mbstd=args.mbstd)
     result = train(data, config, Path(args.out), seed=args.seed, minutes=args.minutes,
                    threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps,
-                   augment=() if args.no_augment else AUGMENT, lr_decay=args.lr_decay)
+                   augment=() if args.no_augment else AUGMENT, lr_decay=args.lr_decay, lr=args.lr,
+                   init=Path(args.init) if args.init else None)
     print(f"trained the generator: {result.steps} steps, best SWD x1000 {result.best_swd:.1f} (blurred crops "
           f"{result.blurred_swd:.1f}) in {result.seconds / 60:.1f} min; wrote {result.onnx}")
     return 0

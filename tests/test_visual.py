@@ -150,7 +150,7 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
     assert gen.metadata["kind"] == "liveart-visual-generator" and gen.metadata["shown_size"] == "512"
 
 
-def test_minibatch_std_tells_a_collapsed_batch_and_the_lr_decays(tmp_path):
+def test_minibatch_std_the_lr_decay_and_a_run_from_another_runs_generator(tmp_path):
     torch = pytest.importorskip("torch")
     from liveart.training.visual_model import Discriminator, GanConfig, minibatch_std
 
@@ -175,6 +175,17 @@ def test_minibatch_std_tells_a_collapsed_batch_and_the_lr_decays(tmp_path):
     assert result.steps == 4 and json.loads((tmp_path / "visual.train.json").read_text())["lr_decay"]
     # lr at step 3 of 4: 2e-4 + (2e-5 - 2e-4) * (2 * 3/4 - 1)
     assert last["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 - 1.8e-4 * 0.5)
+    # A second run starts from the first's generator (a new discriminator, without mbstd here).
+    data = vd.VisualDataset(["a", "b"], images)
+    train(data, GanConfig(base=4), tmp_path / "again", minutes=5.0, threads=1, progress=False, eval_images=8,
+          batch=4, max_steps=0, init=tmp_path / "visual.pt")
+    first, second = (torch.load(p, weights_only=False)["g_ema"] for p in (tmp_path / "visual.pt", tmp_path / "again" / "visual.pt"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    from liveart.errors import LiveartError
+
+    with pytest.raises(LiveartError, match="its generator is"):
+        train(data, GanConfig(base=8), tmp_path / "other", minutes=5.0, threads=1, progress=False, eval_images=8,
+              batch=4, max_steps=0, init=tmp_path / "visual.pt")
 
 
 def _drive(events, seconds=6.0, fps=30, seed=0, settings=None):

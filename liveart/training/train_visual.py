@@ -94,11 +94,13 @@ def sample(g: Generator, count: int, seed: int) -> np.ndarray:
 def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, minutes: float = 60.0,
           threads: int = 2, resume: bool = False, progress: bool = True, name: str = "visual",
           eval_every: int = EVAL_EVERY, eval_images: int = EVAL_IMAGES, batch: int = BATCH,
-          max_steps: int | None = None, augment: tuple = AUGMENT, lr_decay: bool = False) -> VisualTrainResult:
+          max_steps: int | None = None, augment: tuple = AUGMENT, lr_decay: bool = False,
+          lr: float = LR, init: Path | None = None) -> VisualTrainResult:
     """Train for ``minutes`` (or until ``max_steps`` steps: with the same seed, batch and one thread
     a run of so many steps gives the same weights again). With ``lr_decay`` both learning rates fall
-    linearly from LR to LR_FINAL over the second half of the budget (by steps where ``max_steps`` is
-    given, else by time)."""
+    linearly from ``lr`` to a tenth of it over the second half of the budget (by steps where ``max_steps`` is
+    given, else by time). ``init``: a checkpoint (``visual.pt``) whose generator (its weights'
+    average) the run starts from, with a new discriminator: a second run that refines a first."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -108,9 +110,17 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / f"{name}.last.pt", out_dir / f"{name}.pt"
     g, d = Generator(config), Discriminator(config)
+    if init is not None and not (resume and last_path.exists()):
+        start = torch.load(init, map_location="cpu", weights_only=False)
+        g_config = {k: v for k, v in config.to_dict().items() if k != "mbstd"}  # mbstd is the discriminator's
+        if {k: v for k, v in start["config"].items() if k != "mbstd"} != g_config:
+            from ..errors import LiveartError
+
+            raise LiveartError(f"{init}: its generator is {start['config']}, not {g_config}")
+        g.load_state_dict(start["g_ema"])
     g_ema = copy.deepcopy(g).eval()
-    opt_g = torch.optim.Adam(g.parameters(), lr=LR, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(d.parameters(), lr=LR, betas=(0.0, 0.99))
+    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.0, 0.99))
     step, best, history, spent = 0, math.inf, [], 0.0
     wrote_best = False
     if resume and last_path.exists():
@@ -135,10 +145,10 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     while time.monotonic() - started < minutes * 60 and (max_steps is None or step < max_steps):
         if lr_decay:
             done = step / max_steps if max_steps is not None else (time.monotonic() - started) / (minutes * 60)
-            lr = LR + (LR_FINAL - LR) * min(1.0, max(0.0, 2.0 * done - 1.0))
+            now = lr + (lr * LR_FINAL / LR - lr) * min(1.0, max(0.0, 2.0 * done - 1.0))
             for opt in (opt_g, opt_d):
                 for group in opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = now
         real = torch.from_numpy(random_crops(data, "train", batch, config.size, rng))
         z = torch.randn(batch, config.z_dim)
         with torch.no_grad():
@@ -190,7 +200,7 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     meta = {"config": config.to_dict(), "seed": seed, "steps": step, "best_swd": best, "blurred_swd": blurred_swd,
             "history": history, "parameters": {"generator": parameter_count(g), "discriminator": parameter_count(d)},
             "minutes": (time.monotonic() - started) / 60, "batch": batch, "augment": list(augment),
-            "lr_decay": lr_decay}
+            "lr_decay": lr_decay, "lr": lr, "init": str(init) if init is not None else None}
     (out_dir / f"{name}.train.json").write_text(json.dumps(meta, indent=1) + "\n")
     return VisualTrainResult(step, best, blurred_swd, time.monotonic() - started, onnx_path)
 
