@@ -84,12 +84,15 @@ class VisualGenerator:
         """The generator's images at its training size: float32 (B, 3, size, size) in 0..1."""
         return self.session.run(None, {"z": np.ascontiguousarray(z, np.float32)})[0]
 
+    def pixels(self, z: np.ndarray) -> np.ndarray:
+        """The generator's images at its training size as pixels: uint8 (B, size, size, 3)."""
+        return np.clip(self.raw(z).transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
     def images(self, z: np.ndarray) -> np.ndarray:
         """Frames to show: uint8 (B, shown, shown, 3)."""
         from PIL import Image
 
-        raw = self.raw(z)
-        rgb = np.clip(raw.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        rgb = self.pixels(z)
         if self.shown == self.trained_size:
             return rgb
         return np.stack([np.asarray(Image.fromarray(f).resize((self.shown, self.shown), Image.BICUBIC)) for f in rgb])

@@ -15,6 +15,12 @@ the first block the display heard, the same rule as the offline video (:mod:`liv
 When the generator falls behind, the frames it could not make in time are skipped (their latents are
 still computed, so the picture's motion is the same) and counted.
 
+Frames go out at the generator's own size (128x128 for the shipped one) and the page scales them to
+the shown size (``--size``, 512 by default) and the screen in one step, with the browser's
+high-quality smoothing: the display process spends no time on an upsample, the JPEGs are a
+sixteenth of the pixels, and a projector's full screen is one interpolation from the generator's
+pixels rather than two. (The offline video, which needs the pixels, upsamples with Pillow's bicubic.)
+
 The page (``/``) shows the newest frame full screen (a projector, or an OBS browser source), the
 frames a second it draws, and reconnects by itself when the server goes away and comes back
 (``?overlay=0`` hides the figures). The page reads ``/stream``, one response that carries every new
@@ -49,7 +55,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 START_TIMEOUT_S = 60.0  # loading onnxruntime and the generator in a fresh process
 FRAME_WAIT_S = 1.0  # a page's request for a new frame waits this long before an empty answer
-JPEG_QUALITY = 85
+JPEG_QUALITY = 92  # the page scales the generator's pixels up: artefacts grow with them
 VISUAL_NICE = 5  # the display's process yields to everything else on the machine
 REPORTS_KEPT = 64
 
@@ -161,7 +167,7 @@ class _Frames:
             return (self.index, self.jpeg) if self.index > after else None
 
 
-def _handler(frames: _Frames, status):
+def _handler(frames: _Frames, status, shown: int):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a page fetches one frame after another
 
@@ -206,6 +212,7 @@ def _handler(frames: _Frames, status):
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Epoch", frames.epoch)
+            self.send_header("X-Shown-Size", str(shown))
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
@@ -267,7 +274,7 @@ def _serve(conn, model_path: str, options: DisplayOptions, sample_rate: int) -> 
                     "reports": list(frames.reports)}
 
         try:
-            server = ThreadingHTTPServer((options.host, options.port), _handler(frames, status))
+            server = ThreadingHTTPServer((options.host, options.port), _handler(frames, status, options.size))
         except OSError as e:
             conn.send(("error", f"the visual display cannot listen on {options.host}:{options.port} ({e.strerror or e}); "
                                 f"choose another with --visual-port"))
@@ -284,7 +291,7 @@ def _serve(conn, model_path: str, options: DisplayOptions, sample_rate: int) -> 
             from PIL import Image
 
             t0 = time.perf_counter()
-            image = generator.images(z[None, :])[0]
+            image = generator.pixels(z[None, :])[0]  # the page scales it to the shown size
             buf = io.BytesIO()
             Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY)
             made["generate_ms"].append(1000 * (time.perf_counter() - t0))
@@ -382,10 +389,12 @@ function change(bitmap) {  // mean absolute difference of a 16x16 thumbnail from
   return sum / (16 * 16 * 3);
 }
 
-async function draw(i, jpeg) {
+let shown = 512;
+async function draw(i, jpeg) {  // the generator's own pixels, scaled here to the shown size
   const bitmap = await createImageBitmap(new Blob([jpeg], { type: "image/jpeg" }));
-  if (view.width !== bitmap.width) { view.width = bitmap.width; view.height = bitmap.height; }
-  ctx.drawImage(bitmap, 0, 0);
+  if (view.width !== shown) { view.width = view.height = shown; }
+  ctx.imageSmoothingEnabled = true; ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, shown, shown);
   changes.push([i, change(bitmap)]);
   bitmap.close();
   index = i; drawn++;
@@ -398,6 +407,7 @@ async function frames() {  // one response carries every frame: [index u32][leng
       const r = await fetch("/stream", { cache: "no-store" });
       if (!r.ok) throw new Error(`status ${r.status}`);
       epoch = r.headers.get("X-Epoch") || epoch; connected = true;
+      shown = Number(r.headers.get("X-Shown-Size")) || shown;
       const reader = r.body.getReader();
       let buf = new Uint8Array(0);
       for (;;) {
