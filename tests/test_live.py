@@ -376,10 +376,15 @@ def test_model_follows_an_external_clock_start_tempo_stop(server, probe, tmp_pat
         # 1,100 frames after their tick (60 xruns in 16 s; more than 8 periods from any, so the
         # follower's estimate carries an xrun's effect further: not explained yet). A follower that did not follow would have a third
         # of them there at most (a tick is 1,200 frames at 100 bpm, 857 at 140).
-        judged = settled[~jackprobe.near_xruns(settled, probe.xrun_frames[xrun_index:], 8 * PERIOD, 8 * PERIOD)]
+        # (A note just after the Stop, on the step the clock would have ticked next, has no tick.)
+        judged = settled[~jackprobe.near_xruns(settled, probe.xrun_frames[xrun_index:], 8 * PERIOD, 8 * PERIOD)
+                         & (settled <= ticks.max() + 3 * PERIOD)]
         assert len(judged) >= 0.5 * len(settled), (len(judged), len(settled), xruns)
         to_tick = np.array([on - ticks[ticks <= on].max() for on in judged])  # after the tick before
-        assert np.mean(to_tick <= 3 * PERIOD) >= 0.8, (xruns, np.sort(to_tick)[-8:])
+        worst = np.argsort(to_tick)[-4:]
+        assert np.mean(to_tick <= 3 * PERIOD) >= 0.8, (xruns, to_tick[worst], "at", (judged[worst] - start).tolist(),
+                                                     "change", change - start, "stop", stop - start,
+                                                     "xruns at", (np.array(probe.xrun_frames[xrun_index:]) - start).tolist())
     # 140 bpm after the change: notes are 16ths of 140 apart (5143 frames), not of 100 (7200).
     late = np.diff(model_ons[model_ons > change + 2 * SR])
     on_grid = np.abs(late / (SR * 60 / 140 / 4) - np.round(late / (SR * 60 / 140 / 4))) < 0.1
