@@ -176,8 +176,10 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # drop the MIDI of a cycle a client misses: a note can be lost only to an xrun, and a note with
     # one near it is not timed.
     assert result.missed <= xruns, result.summary()
-    timed = ~result.near_xrun(PERIOD, 6 * PERIOD)
-    assert timed.sum() >= 100, (timed.sum(), xruns)
+    # (an xrun's report can come up to 16 periods after it, as the reference instrument's test
+    # found: CI once had a note missed with no report within 6 periods after it)
+    timed = ~result.near_xrun(PERIOD, 16 * PERIOD)
+    assert timed.sum() >= 0.4 * len(timed), (timed.sum(), xruns)
     latencies = [v for v, ok in zip(result.latencies_frames, timed) if ok]
     assert None not in latencies and max(latencies) <= 4 * PERIOD, (sorted(latencies, key=str)[-5:], result.summary())
     assert result.callback_errors == 0
