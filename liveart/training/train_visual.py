@@ -111,11 +111,13 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     last_path, best_path = out_dir / f"{name}.last.pt", out_dir / f"{name}.pt"
     g, d = Generator(config), Discriminator(config)
     if init is not None and not (resume and last_path.exists()):
+        from ..errors import LiveartError
+
+        if not Path(init).is_file():
+            raise LiveartError(f"{init}: no such checkpoint (--init wants a visual.pt from an earlier run)")
         start = torch.load(init, map_location="cpu", weights_only=False)
         g_config = {k: v for k, v in config.to_dict().items() if k != "mbstd"}  # mbstd is the discriminator's
         if {k: v for k, v in start["config"].items() if k != "mbstd"} != g_config:
-            from ..errors import LiveartError
-
             raise LiveartError(f"{init}: its generator is {start['config']}, not {g_config}")
         g.load_state_dict(start["g_ema"])
     g_ema = copy.deepcopy(g).eval()
