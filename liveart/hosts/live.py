@@ -107,7 +107,8 @@ class LiveStats:
     caught_up_frames: int = 0  # JACK: frames of cycles missed in xruns, rendered unheard to keep time
     slipped_frames: int = 0  # JACK: missed frames beyond what is caught up (time slipped by this much)
     held_frames: int = 0  # JACK: cycles the engine had already played (a late callback), waited out in silence
-    repeated_input: int = 0  # JACK: MIDI handed again when the server ran a cycle a second time (dropped)
+    repeated_input: int = 0  # JACK: MIDI handed again after an xrun (dropped; RepeatedMidi)
+    repeated_input_moved: int = 0  # of those, read again with a later cycle start than the first time
     cpu_awake: bool = False  # the CPU wake-up latency request (PM QoS 0) was held while playing
     errors: list = field(default_factory=list)
 
@@ -479,16 +480,12 @@ class LiveHost:
                 self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF
             taken = 0
             external = self.settings.clock == "external"
-            # When JACK2 runs a cycle again (after a client missed it), the MIDI that liveart read in
-            # the first run can come again (the sender did not run the cycle again): a message the
-            # same as one already read in this cycle, at the same offset, is that repeat.
+            # After an xrun JACK2 can hand liveart MIDI it has already read (RepeatedMidi says how).
             repeats = self._jack_repeats
-            repeats.cycle(cycle)
-            for offset, data in jio.midi_in.incoming_midi_events():
-                message = bytes(data)
-                if repeats.repeated(offset, message):
-                    self.stats.repeated_input += 1
-                    continue
+            fresh = repeats.read(cycle, jio.midi_in.incoming_midi_events())
+            self.stats.repeated_input = repeats.count
+            self.stats.repeated_input_moved = repeats.moved
+            for offset, message in fresh:
                 self.stats.input_messages += 1
                 if not message:
                     continue

@@ -40,29 +40,57 @@ def hold_cpu_awake():
 
 
 class RepeatedMidi:
-    """Tells the MIDI that JACK2 hands a client again. When a client misses a cycle's deadline,
-    JACK2 can run the cycle again, and a receiver whose sender did not run again reads the same
-    buffer a second time. Call :meth:`cycle` at the start of each process callback with the cycle's
-    first frame, then :meth:`repeated` for each message read: True for a message equal to one already
-    read in this cycle (the same bytes at the same offset) in an earlier run of it. Holds at most
-    ``capacity`` messages a cycle (a repeat past that many is not told)."""
+    """Tells the MIDI that JACK2 hands a client again after an xrun. JACK2 passes a receiver the
+    sender's own output buffer (one connection: no copy), and that buffer holds what the sender
+    wrote when it last ran. When a client misses a cycle's deadline, JACK2 can run the cycle again,
+    and a receiver whose sender did not run again reads the same buffer a second time; a run that
+    starts late can even read the next cycle's start as its own, so the repeat need not come with
+    the same cycle start. Two rules, one call per process callback (:meth:`read`):
+
+    - a callback that reads, message for message (the same bytes at the same offsets), the same
+      non-empty list as the callback before it, is reading that buffer again: all of it is repeated
+      (a real stream that sends exactly the same messages at exactly the same offsets two periods
+      running does not happen in music: a key pressed again needs its note-off between; only MIDI
+      clock whose tick lasts exactly one period, 117.1875 bpm at 48 kHz and 1024 frames, would);
+    - in a second run of a cycle (the same start as the callback before), a message equal to one
+      already read in that cycle, at the same offset, is repeated (a buffer mixed from several
+      senders, only some of which ran again).
+
+    Holds at most ``capacity`` messages a cycle (a repeat past that many is not told). ``count``:
+    the repeats dropped so far; ``moved``: those of them read with another cycle start than the
+    first time (the second rule alone tells them)."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
+        self.count = 0
+        self.moved = 0
         self._cycle = None
-        self._rerun = False
+        self._previous: list[tuple[int, bytes]] = []
         self._seen: list[tuple[int, bytes]] = []
 
-    def cycle(self, start: int) -> None:
-        self._rerun = start == self._cycle
-        if not self._rerun:
+    def read(self, start: int, incoming) -> list[tuple[int, bytes]]:
+        """This callback's messages, ``incoming`` (offset, data) pairs read in a cycle starting at
+        frame ``start``: the ones that are new, as (offset, bytes)."""
+        messages = [(offset, bytes(data)) for offset, data in incoming]
+        previous, self._previous = self._previous, messages
+        if messages and messages == previous:
+            self.count += len(messages)
+            if start != self._cycle:  # (a late run that read a later start: that cycle is new)
+                self.moved += len(messages)
+                self._cycle = start
+                self._seen = list(messages[: self.capacity])
+            return []
+        if start != self._cycle:
             self._cycle = start
-            self._seen.clear()
-
-    def repeated(self, offset: int, message: bytes) -> bool:
-        key = (offset, message)
-        if self._rerun and key in self._seen:
-            return True
-        if len(self._seen) < self.capacity:
-            self._seen.append(key)
-        return False
+            self._seen = list(messages[: self.capacity])
+            return messages
+        seen = self._seen
+        new = []
+        for key in messages:
+            if key in seen:
+                self.count += 1
+                continue
+            new.append(key)
+            if len(seen) < self.capacity:
+                seen.append(key)
+        return new

@@ -385,21 +385,17 @@ class MidiCapture:
         self.lengths = np.zeros(capacity, np.int32)
         self.count = 0
         self.dropped = 0
-        self.repeated = 0  # messages JACK handed again in a second run of a cycle (not kept)
+        self.repeated = 0  # messages JACK handed again after an xrun (not kept)
         self._repeats = RepeatedMidi(capacity)
 
     def read_cycle(self, cycle_start: int, incoming) -> None:
         """Keep one cycle's messages, ``incoming`` (offset, data) pairs, at their absolute frames.
-        JACK2 runs a cycle again after a client missed it, and can then hand a receiver the MIDI it
-        already read in that cycle: a second run's message equal to one already read (the same
-        bytes at the same offset) is counted in ``repeated``, not kept again."""
+        After an xrun JACK2 can hand a receiver MIDI it has already read (a second run of a cycle,
+        or a late run that reads the next cycle's start as its own, reading a sender's buffer
+        again): those are counted in ``repeated``, not kept again (liveart.hosts.realtime.RepeatedMidi,
+        the rule liveart's JACK host uses)."""
         repeats = self._repeats
-        repeats.cycle(cycle_start)
-        for off, data in incoming:
-            b = bytes(data)
-            if repeats.repeated(off, b):
-                self.repeated += 1
-                continue
+        for off, b in repeats.read(cycle_start, incoming):
             k = self.count
             if k >= len(self.frames):
                 self.dropped += 1
@@ -409,6 +405,7 @@ class MidiCapture:
             for j in range(min(len(b), MIDI_BYTES_KEPT)):
                 self.data[k, j] = b[j]
             self.count = k + 1
+        self.repeated = repeats.count
 
     def events(self) -> list[tuple[int, bytes]]:
         """The messages received so far as (absolute frame, bytes) (SysEx cut to its first bytes)."""
