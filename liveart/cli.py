@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after N steps (with --threads 1 the same seed and steps give the same weights)")
     tv.add_argument("--mbstd", action="store_true",
                     help="the discriminator also sees the spread of each group of 4 pictures (against a collapse to few pictures)")
+    tv.add_argument("--low-d", type=_nonnegative_int, default=0, metavar="PX",
+                    help="a second discriminator on the pictures pooled to PX x PX (e.g. 32: layout and colour; default 0, none)")
     tv.add_argument("--lr", type=_positive_float, default=2e-4, metavar="R", help="learning rate of both networks (default 2e-4)")
     tv.add_argument("--lr-decay", action="store_true",
                     help="learning rates fall to a tenth over the second half of the budget")
@@ -488,7 +490,14 @@ def _train_visual(args) -> int:
 
     data = load_or_build(Path(args.data))
     print(f"{len(data.images)} wallpapers", flush=True)
-    config = GanConfig(base=args.base, upsample=args.upsample, mbstd=args.mbstd)
+    config = GanConfig(base=args.base, upsample=args.upsample, mbstd=args.mbstd, low_d=args.low_d)
+    if config.low_d:
+        try:
+            from .training.visual_model import Discriminator
+
+            Discriminator(config)
+        except ValueError as e:
+            raise LiveartError(f"--low-d: {e}") from None
     result = train(data, config, Path(args.out), seed=args.seed, minutes=args.minutes,
                    threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps,
                    augment=() if args.no_augment else AUGMENT, lr_decay=args.lr_decay, lr=args.lr,

@@ -152,6 +152,7 @@ def test_gan_training_runs_keeps_the_best_by_swd_resumes_and_exports(tmp_path):
 
 def test_minibatch_std_the_lr_decay_and_a_run_from_another_runs_generator(tmp_path):
     torch = pytest.importorskip("torch")
+    nn_pool = torch.nn.functional.adaptive_avg_pool2d
     from liveart.training.visual_model import Discriminator, GanConfig, minibatch_std
 
     same = torch.ones(8, 5, 4, 4) * 3.0
@@ -161,7 +162,16 @@ def test_minibatch_std_the_lr_decay_and_a_run_from_another_runs_generator(tmp_pa
     assert torch.allclose(minibatch_std(varied), torch.full((8, 1, 4, 4), 5 ** 0.5))
     assert minibatch_std(torch.randn(6, 5, 4, 4)).shape == (6, 1, 4, 4)  # 6 does not divide by 4: one group
     d = Discriminator(GanConfig(base=4, mbstd=True))
-    assert d(torch.rand(4, 3, 128, 128) * 2 - 1).shape == (4,)
+    [score] = d(torch.rand(4, 3, 128, 128) * 2 - 1)
+    assert score.shape == (4,)
+    # A second critic on the pictures pooled to 32x32: it sees the pooled picture only.
+    d = Discriminator(GanConfig(base=4, low_d=32)).eval()  # eval: spectral norm's power iteration stands still
+    x = torch.rand(4, 3, 128, 128) * 2 - 1
+    full, low = d(x)
+    assert full.shape == low.shape == (4,)
+    assert torch.allclose(d.low(nn_pool(x, 32)), low)
+    with pytest.raises(ValueError, match="power of two"):
+        Discriminator(GanConfig(base=4, low_d=24))
     import json
 
     from liveart.training import visual_data as vd
@@ -169,13 +179,13 @@ def test_minibatch_std_the_lr_decay_and_a_run_from_another_runs_generator(tmp_pa
 
     images = [(np.clip(_textures(1, i, 256)[0].transpose(1, 2, 0), -1, 1) * 127.5 + 127.5).astype(np.uint8)
               for i in range(2)]
-    result = train(vd.VisualDataset(["a", "b"], images), GanConfig(base=4, mbstd=True), tmp_path, minutes=5.0,
+    result = train(vd.VisualDataset(["a", "b"], images), GanConfig(base=4, mbstd=True, low_d=16), tmp_path, minutes=5.0,
                    threads=1, progress=False, eval_every=2, eval_images=8, batch=4, max_steps=4, lr_decay=True)
     last = torch.load(tmp_path / "visual.last.pt", weights_only=False)
     assert result.steps == 4 and json.loads((tmp_path / "visual.train.json").read_text())["lr_decay"]
     # lr at step 3 of 4: 2e-4 + (2e-5 - 2e-4) * (2 * 3/4 - 1)
     assert last["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 - 1.8e-4 * 0.5)
-    # A second run starts from the first's generator (a new discriminator, without mbstd here).
+    # A second run starts from the first's generator (a new discriminator, without mbstd or low_d here).
     data = vd.VisualDataset(["a", "b"], images)
     train(data, GanConfig(base=4), tmp_path / "again", minutes=5.0, threads=1, progress=False, eval_images=8,
           batch=4, max_steps=0, init=tmp_path / "visual.pt")

@@ -116,8 +116,9 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
         if not Path(init).is_file():
             raise LiveartError(f"{init}: no such checkpoint (--init wants a visual.pt from an earlier run)")
         start = torch.load(init, map_location="cpu", weights_only=False)
-        g_config = {k: v for k, v in config.to_dict().items() if k != "mbstd"}  # mbstd is the discriminator's
-        if {k: v for k, v in start["config"].items() if k != "mbstd"} != g_config:
+        d_only = ("mbstd", "low_d")  # the discriminator's settings
+        g_config = {k: v for k, v in config.to_dict().items() if k not in d_only}
+        if {k: v for k, v in start["config"].items() if k not in d_only} != g_config:
             raise LiveartError(f"{init}: its generator is {start['config']}, not {g_config}")
         g.load_state_dict(start["g_ema"])
     g_ema = copy.deepcopy(g).eval()
@@ -127,7 +128,7 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
     wrote_best = False
     if resume and last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] != config.to_dict():
+        if GanConfig(**ckpt["config"]).to_dict() != config.to_dict():  # a field added since takes its default
             from ..errors import LiveartError
 
             raise LiveartError(f"{last_path}: was trained with {ckpt['config']}, not {config.to_dict()}; "
@@ -155,11 +156,12 @@ def train(data: VisualDataset, config: GanConfig, out_dir: Path, seed: int = 1, 
         z = torch.randn(batch, config.z_dim)
         with torch.no_grad():
             fake = g(z)
-        loss_d = nn.functional.relu(1.0 - d(aug(real))).mean() + nn.functional.relu(1.0 + d(aug(fake))).mean()
+        loss_d = sum(nn.functional.relu(1.0 - s).mean() for s in d(aug(real))) \
+            + sum(nn.functional.relu(1.0 + s).mean() for s in d(aug(fake)))
         opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
-        loss_g = -d(aug(g(torch.randn(batch, config.z_dim)))).mean()
+        loss_g = -sum(s.mean() for s in d(aug(g(torch.randn(batch, config.z_dim)))))
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()

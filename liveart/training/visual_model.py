@@ -7,7 +7,10 @@
 - Discriminator: the mirror image with spectral normalisation and leaky ReLU, hinge loss; with
   ``mbstd`` its last 4x4 features get one more channel, the standard deviation over groups of
   MBSTD_GROUP images (Karras et al., 2018): a generator that makes one picture for every latent is
-  told apart from the varied real crops.
+  told apart from the varied real crops. With ``low_d`` (e.g. 32) a second, smaller discriminator
+  judges the same pictures average-pooled to low_d x low_d (multi-scale discrimination, as in
+  pix2pixHD and MSG-GAN): a critic of layout and colour masses alone, the scale where the first
+  CPU run was furthest from the real crops. Its score counts beside the first in both losses.
 - The exported graph (:class:`GeneratorExport`) maps the output to 0..1 at the training size; the
   run time (:mod:`liveart.visual.generator`) upsamples to the shown size (512) with Pillow's
   bicubic filter, part of the measured pipeline: onnxruntime's own cubic Resize took 59 ms a frame
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,6 +36,7 @@ class GanConfig:
     size: int = 128
     upsample: str = "transpose"  # each x2 stage: a 4x4 stride-2 transposed convolution, or "nearest" + 3x3 convolution
     mbstd: bool = False  # the discriminator sees each group's spread (minibatch standard deviation, against collapse)
+    low_d: int = 0  # a second discriminator on the pictures pooled to low_d x low_d (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,17 +68,41 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """Scores a batch: forward returns one (B,) score per scale, the full size first, then (with
+    ``low_d``) the pooled pictures'."""
+
     def __init__(self, config: GanConfig):
         super().__init__()
         c = config.base
-        sn = nn.utils.spectral_norm
         widths = [3, c, 2 * c, 4 * c, 8 * c, 8 * c]  # 128 → 64 → 32 → 16 → 8 → 4
+        self.full = _Critic(widths, config.mbstd)
+        self.low_d = config.low_d
+        self.low = None
+        if config.low_d:
+            stages = int(math.log2(config.low_d // 4))
+            if config.low_d < 8 or 4 << stages != config.low_d or config.low_d >= config.size:
+                raise ValueError(f"low_d must be a power of two from 8 below the size {config.size}, not {config.low_d}")
+            self.low = _Critic([3] + [min(8 * c, 2 * c << k) for k in range(stages)], config.mbstd)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        scores = [self.full(x)]
+        if self.low is not None:
+            scores.append(self.low(nn.functional.adaptive_avg_pool2d(x, self.low_d)))
+        return scores
+
+
+class _Critic(nn.Module):
+    """Spectral-normalised stride-2 convolutions through ``widths`` down to 4x4, then one score."""
+
+    def __init__(self, widths: list[int], mbstd: bool):
+        super().__init__()
+        sn = nn.utils.spectral_norm
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
-        self.mbstd = config.mbstd
-        self.head = sn(nn.Linear((widths[-1] + int(config.mbstd)) * 16, 1))
+        self.mbstd = mbstd
+        self.head = sn(nn.Linear((widths[-1] + int(mbstd)) * 16, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(x)
