@@ -459,3 +459,22 @@ def test_follower_drops_ticks_received_twice():
     for j in range(1, 100):
         follower.feed(199 * period + j * fast, [0xF8])
     assert follower.repeated_ticks == 2 and abs(follower.bpm - 140) < 1
+
+
+@pytest.mark.parametrize("late", [128, 256, 384, 600])
+def test_follower_drops_a_tick_read_again_periods_later_at_140_bpm(late):
+    """A late run of a JACK client can read a tick again a period or two (or more) after the
+    original: at 140 bpm a tick lasts 857 frames, so a repeat 256 frames on lies 0.3 of a tick
+    before the line, not a whole tick. It must not shift the song position (a CI run's notes once
+    came a tick early after a change to 140 bpm)."""
+    sr = 48000
+    follower = ClockFollower(sr)
+    follower.feed(0, [0xFA])
+    period = sr * 60 / (140 * 24)
+    for k in range(300):
+        follower.feed(round(k * period), [0xF8])
+        if k in (60, 130, 200):
+            follower.feed(round(k * period) + late, [0xF8])
+    assert follower.repeated_ticks == 3 and follower.lost_ticks == 0
+    assert abs(follower.position_steps(round(299 * period)) - 299 / 6) < 0.01
+    assert abs(follower.bpm - 140) < 0.5

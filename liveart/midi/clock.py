@@ -507,18 +507,19 @@ class ClockFollower(_StepGrid):
         self._pending.append((count, frame, residual))
         if len(self._pending) < CHANGE_TICKS:
             return
-        lost = self._lost_ticks()
+        lost, strays = self._lost_ticks()
         if lost:
             # The ticks kept their tempo but came m tick periods late: m ticks were lost on the way
             # (JACK drops the MIDI of a cycle a client misses). The song position counts them. m < 0:
             # they came |m| periods early, so |m| ticks were counted twice (a client JACK runs again
-            # after a late cycle can read the same MIDI twice); the count drops them.
+            # after a late cycle can read the same MIDI twice); the count drops them. A stray (the
+            # first set aside, off the whole periods) is such a repeat itself: left out.
             self._arrivals += lost
             if lost > 0:
                 self.lost_ticks += lost
             else:
                 self.repeated_ticks -= lost
-            self._window.extend((k + lost, f) for k, f, _ in self._pending)
+            self._window.extend((k + lost, f) for k, f, _ in self._pending[strays:])
             self._pending.clear()
             self._fit()
             return
@@ -534,19 +535,34 @@ class ClockFollower(_StepGrid):
         self._pending.clear()
         self._fit()
 
-    def _lost_ticks(self) -> int:
-        """m >= 1 when every tick set aside lies m tick periods after the line (within a quarter
-        period): ticks lost on the way, not a new tempo; m <= -1 when they lie |m| periods before
-        it: ticks counted twice. 0 otherwise."""
+    def _lost_ticks(self) -> tuple[int, int]:
+        """(m, 0) with m >= 1 when every tick set aside lies m tick periods after the line (within a
+        quarter period): ticks lost on the way, not a new tempo; m <= -1 when they lie |m| periods
+        before it: ticks counted twice. (m, 1) when the first one set aside lies less than a period
+        before the line and the others |m| periods before it: that first one is a tick read again
+        a little after the original (a period or two of the audio host: at 140 bpm a 256-frame
+        repeat is 0.3 of a tick early, too far from a whole period to be told the first way), and
+        the rest came after it. (0, 0) otherwise."""
         period = self._line[2]
         if not period > 0:
-            return 0
-        # The ticks set aside keep the line's tempo (their own spacing is about one period each) ...
+            return 0, 0
         pending = self._pending
+        m = self._whole_periods_off(pending, period)
+        if m:
+            return m, 0
+        if len(pending) >= 3 and -1.0 < pending[0][2] / period < 0.0:
+            m = self._whole_periods_off(pending[1:], period)
+            if m < 0:
+                return m, 1
+        return 0, 0
+
+    @staticmethod
+    def _whole_periods_off(pending: list[tuple[int, int, float]], period: float) -> int:
+        # The ticks set aside keep the line's tempo (their own spacing is about one period each) ...
         for (k0, f0, _), (k1, f1, _) in zip(pending, pending[1:]):
             if k1 != k0 + 1 or abs((f1 - f0) / period - 1.0) > LOST_TICK_TOLERANCE:
                 return 0
-        # ... and all lie the same whole number of periods after it.
+        # ... and all lie the same whole number of periods off it.
         ratios = [r / period for _, _, r in pending]
         m = round(ratios[0])
         if not 1 <= abs(m) <= MAX_LOST_TICKS:
