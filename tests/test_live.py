@@ -38,9 +38,19 @@ def server():
         yield s
 
 
+LIVEART_PORTS = r"^liveart(-[0-9]+)?:|^liveart (in|out):"  # the instrument's (not the probe's) JACK ports
+
+
 @pytest.fixture
 def probe(server):
     with jackprobe.Probe("liveart-probe") as p:
+        # A liveart an earlier test killed (-9) may keep its JACK ports a while: its audio ports would
+        # then be the ones this test found and recorded, silence, while the new one, named
+        # liveart-01 by the server, played unheard (suspected in a CI run that missed 19 of 20 notes).
+        deadline = time.monotonic() + 10
+        while p.find_ports(LIVEART_PORTS):
+            assert time.monotonic() < deadline, f"an earlier liveart's JACK ports are still there: {p.find_ports(LIVEART_PORTS)}"
+            time.sleep(0.05)
         yield p
 
 
