@@ -286,8 +286,15 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # Each note of the render starts where it started live, to the frame, give or take whole periods.
     error = np.abs(residuals(shift))
     # (Live, a note starts from the worker's onset table, offline from its own decode: the attack
-    # crosses the -50 dBFS threshold a few frames apart at most.)
-    assert np.median(error) <= 2 and np.mean(error <= PERIOD // 4) >= 0.9, np.sort(error)[-10:]
+    # crosses the -50 dBFS threshold a few frames apart at most.) Judged away from the xruns (a late
+    # cycle can start a note late by part of a period: CI had 17% of the notes off among 1,700 xruns).
+    near_note = jackprobe.near_xruns(result.recording.start_frame + shift + offline_onsets, xrun_frames,
+                                     4 * PERIOD, 16 * PERIOD)
+    if np.sum(~near_note) < 0.4 * len(error):
+        unjudged.append(f"replay onsets: {np.sum(~near_note)} of {len(error)} notes away from the {xruns} xruns")
+    else:
+        clear = error[~near_note]
+        assert np.median(clear) <= 2 and np.mean(clear <= PERIOD // 4) >= 0.9, (np.sort(clear)[-10:], xruns)
     a = _envelope(live_audio[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift), live_audio]))
     b = _envelope(offline[:, 0])
     n = min(len(a), len(b), int(50 * SR / 480))
