@@ -398,8 +398,14 @@ def test_model_follows_an_external_clock_start_tempo_stop(server, probe, tmp_pat
     ons, offs = _note_events(capture.events())
     model_ons = np.array([f for f, ch, _n in ons if ch == 1])
     assert len(model_ons) > 20, capture.events()[:20]
-    # Nothing before the clock runs, nothing after it stops (but notes decided within the lead).
-    assert model_ons.min() >= start and model_ons.max() <= stop + 4 * PERIOD, (model_ons.min() - start, model_ons.max() - stop)
+    # Nothing before the clock runs, nothing after it stops (but notes decided within the lead). When
+    # an xrun came near the Stop, JACK may have dropped it (CI once had notes 1.8 s on): the clock's
+    # silence stops the model then, within 12 ticks (an 8th) of the last one.
+    last_tick = ticks[ticks < stop].max()
+    stop_lost = jackprobe.near_xruns(np.array([stop]), np.array(probe.xrun_frames[xrun_index:], np.int64),
+                                     8 * PERIOD, 16 * PERIOD)[0]
+    latest = last_tick + 12 * SR * 60 / (140 * 24) + 4 * PERIOD if stop_lost else stop + 4 * PERIOD
+    assert model_ons.min() >= start and model_ons.max() <= latest, (model_ons.min() - start, model_ons.max() - stop, stop_lost)
     # Each note lands just after a 16th of the clock it follows: a constant latency (the clock's way
     # in, the note's way out), so the spread is what the follower's estimate adds.
     settled = model_ons[((model_ons > start + SR) & (model_ons < change)) | (model_ons > change + 2 * SR)]

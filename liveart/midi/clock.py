@@ -75,7 +75,12 @@ TRIM_PASSES = 3  # fits that drop the window's outliers, at most, each time it c
 BIAS_SMOOTHING = 0.2  # weight of a new residual in the running mean residual (the line's bias)
 BIAS_SIGMAS = 4.0  # a mean residual this many of its own deviations from 0: the tempo is moving
 BIAS_FLOOR_SECONDS = 0.0002  # ... and at least this large (a clean clock's rounding is not a ramp)
-MAX_TICK_GAP_SECONDS = 2.0  # a longer gap between ticks restarts the estimator; predictions expire after it
+MAX_TICK_GAP_SECONDS = 2.0  # a longer gap between ticks restarts the estimator
+# Predictions hold for this many tick periods past the last tick at most (an 8th; and never past
+# MAX_TICK_GAP_SECONDS): a running clock ticks all along, so a clock that stopped ticking without a
+# Stop reaching liveart (JACK can drop a cycle's MIDI at an xrun: CI once had the model play 1.8 s
+# past the Stop) stops the model within an 8th. The live host decides a step about 10 ms ahead.
+PREDICTION_TICKS = 12
 TEMPO_REPORT_BPM = 1.0
 MAX_LOST_TICKS = 12  # at most half a beat of ticks is taken as lost in transport
 LOST_TICK_TOLERANCE = 0.25  # ticks late by a whole number of periods, give or take this much of one  # feed() says 'tempo' when the estimate moved by more than this since it last did
@@ -368,8 +373,9 @@ class ClockFollower(_StepGrid):
     row on the same side mean the tempo (or phase) jumped, and the line starts again from them.
     When the ticks on the line drift to one side of it (a tempo ramp: the running mean residual is
     significant), the window drops its older half. A gap of more than ``MAX_TICK_GAP_SECONDS``
-    between ticks starts the estimator afresh, and predictions expire that long after the last
-    tick.
+    between ticks starts the estimator afresh; predictions expire PREDICTION_TICKS tick periods
+    after the last tick (a clock that stops ticking stops the model within an 8th, its Stop lost
+    or not).
 
     Measured over 20 seeds on a synthetic 120 bpm clock at 48 kHz whose arrivals are dithered onto
     128-frame periods (the set-up of tests/test_clock.py): after two beats the tempo is within
@@ -622,9 +628,12 @@ class ClockFollower(_StepGrid):
         return bpm if MIN_BPM <= bpm <= MAX_BPM else None
 
     def _usable(self, frame: float) -> bool:
-        """Whether predictions hold at ``frame``: running, tempo known, the last tick not too old."""
-        return (self.running and self.bpm is not None and self._last_tick_frame is not None
-                and frame - self._last_tick_frame <= self._gap_frames)
+        """Whether predictions hold at ``frame``: running, tempo known, ``frame`` at most
+        PREDICTION_TICKS tick periods (and MAX_TICK_GAP_SECONDS) past the last tick."""
+        if not (self.running and self.bpm is not None and self._last_tick_frame is not None):
+            return False
+        horizon = min(self._gap_frames, PREDICTION_TICKS * self._line[2])
+        return frame - self._last_tick_frame <= horizon
 
     def _grid_ticks(self, frame: int) -> float | None:
         if not self._usable(frame):
@@ -647,7 +656,7 @@ class ClockFollower(_StepGrid):
 
     def step_frame(self, step: int) -> int | None:
         """The predicted frame of 16th step ``step``; None when stopped, unknown, or further than
-        MAX_TICK_GAP_SECONDS past the last tick (predictions are for the near future)."""
+        PREDICTION_TICKS tick periods past the last tick (predictions are for the near future)."""
         return super().step_frame(step)
 
 
