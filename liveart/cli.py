@@ -488,16 +488,12 @@ def _train_visual(args) -> int:
     from .training.visual_data import load_or_build
     from .training.visual_model import GanConfig
 
+    try:
+        config = GanConfig(base=args.base, upsample=args.upsample, mbstd=args.mbstd, low_d=args.low_d)
+    except ValueError as e:
+        raise LiveartError(f"--low-d: {e}") from None
     data = load_or_build(Path(args.data))
     print(f"{len(data.images)} wallpapers", flush=True)
-    config = GanConfig(base=args.base, upsample=args.upsample, mbstd=args.mbstd, low_d=args.low_d)
-    if config.low_d:
-        try:
-            from .training.visual_model import Discriminator
-
-            Discriminator(config)
-        except ValueError as e:
-            raise LiveartError(f"--low-d: {e}") from None
     result = train(data, config, Path(args.out), seed=args.seed, minutes=args.minutes,
                    threads=args.threads, resume=args.resume, name=args.name, batch=args.batch, max_steps=args.steps,
                    augment=() if args.no_augment else AUGMENT, lr_decay=args.lr_decay, lr=args.lr,

@@ -481,11 +481,7 @@ class LiveHost:
             taken = 0
             external = self.settings.clock == "external"
             # After an xrun JACK2 can hand liveart MIDI it has already read (RepeatedMidi says how).
-            repeats = self._jack_repeats
-            fresh = repeats.read(cycle, jio.midi_in.incoming_midi_events())
-            self.stats.repeated_input = repeats.count
-            self.stats.repeated_input_moved = repeats.moved
-            for offset, message in fresh:
+            for offset, message in self._jack_repeats.read(cycle, jio.midi_in.incoming_midi_events()):
                 self.stats.input_messages += 1
                 if not message:
                     continue
@@ -1008,6 +1004,9 @@ class LiveHost:
     def _write_log(self, end_frame: int) -> None:
         if self.log_path is None:
             return
+        repeats = getattr(self, "_jack_repeats", None)  # (counted there, not copied in every callback)
+        if repeats is not None:
+            self.stats.repeated_input, self.stats.repeated_input_moved = repeats.count, repeats.moved
         log = {"seconds": end_frame / self.sample_rate, "stop": self._stop_reason, "error": self._error,
                "stats": asdict(self.stats), "timing": self.timing(), "take": str(self.take.path),
                "device": f"{self.device['hostapi_name']}: {self.device['name']}", "midi_api": self.midi_api,

@@ -73,17 +73,17 @@ class RepeatedMidi:
         frame ``start``: the ones that are new, as (offset, bytes)."""
         messages = [(offset, bytes(data)) for offset, data in incoming]
         previous, self._previous = self._previous, messages
-        if messages and messages == previous:
+        again = bool(messages) and messages == previous  # the buffer the callback before read
+        if again:
             self.count += len(messages)
-            if start != self._cycle:  # (a late run that read a later start: that cycle is new)
+        if start != self._cycle:  # a new cycle (or a late run that read a later start)
+            if again:
                 self.moved += len(messages)
-                self._cycle = start
-                self._seen = list(messages[: self.capacity])
-            return []
-        if start != self._cycle:
             self._cycle = start
-            self._seen = list(messages[: self.capacity])
-            return messages
+            self._seen = messages[: self.capacity]
+            return [] if again else messages
+        if again:
+            return []
         seen = self._seen
         new = []
         for key in messages:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +36,10 @@ class GanConfig:
     upsample: str = "transpose"  # each x2 stage: a 4x4 stride-2 transposed convolution, or "nearest" + 3x3 convolution
     mbstd: bool = False  # the discriminator sees each group's spread (minibatch standard deviation, against collapse)
     low_d: int = 0  # a second discriminator on the pictures pooled to low_d x low_d (0: none)
+
+    def __post_init__(self):
+        if self.low_d and (self.low_d < 8 or self.low_d & (self.low_d - 1) or self.low_d >= self.size):
+            raise ValueError(f"low_d must be a power of two from 8 below the size {self.size}, not {self.low_d}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,10 +81,8 @@ class Discriminator(nn.Module):
         self.full = _Critic(widths, config.mbstd)
         self.low_d = config.low_d
         self.low = None
-        if config.low_d:
-            stages = int(math.log2(config.low_d // 4))
-            if config.low_d < 8 or 4 << stages != config.low_d or config.low_d >= config.size:
-                raise ValueError(f"low_d must be a power of two from 8 below the size {config.size}, not {config.low_d}")
+        if config.low_d:  # (a power of two from 8: GanConfig checks)
+            stages = config.low_d.bit_length() - 3  # x2 stages down to 4x4
             self.low = _Critic([3] + [min(8 * c, 2 * c << k) for k in range(stages)], config.mbstd)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
