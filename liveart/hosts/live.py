@@ -58,6 +58,9 @@ TAKE_FLUSH_SECONDS = 0.25  # at most this much of a take can be lost (a bar is l
 RECONNECT_POLL_SECONDS = 0.5
 VISUAL_FEED_SECONDS = 0.008  # what the engine played goes to the visual display's process this often
 TIMING_HISTORY = 1 << 16  # callback durations kept (about 3 minutes at 375 callbacks a second)
+FINAL_NOTE_OFF_SENDS = 2  # JACK: the final note-offs go out this many times ...
+FINAL_NOTE_OFF_GAP_CALLBACKS = 8  # ... this many callbacks apart (more than RepeatedMidi's window)
+FINAL_NOTE_OFF_GAP_SECONDS = 0.03  # portaudio backend: the same, in time
 STOP_RELEASE_SECONDS = 0.4  # after the final note-offs the audio runs on this long, so releases do not click
 MAX_BLOCK_FRAMES = 8192
 MAX_CATCH_UP_FRAMES = 4096  # after an xrun, the JACK backend renders up to this many missed frames unheard
@@ -740,6 +743,9 @@ class LiveHost:
                     _frame, message = ready.popleft()
                     if message == "quit":
                         return
+                    if message == "pause":  # between the sends of the final note-offs
+                        time.sleep(FINAL_NOTE_OFF_GAP_SECONDS)
+                        continue
                     for m in self._out_messages(message):
                         out.send_message(list(m))
         except Exception as e:
@@ -956,11 +962,18 @@ class LiveHost:
             while time.perf_counter() < deadline and (self._gen or self.engine.sounding_voices()):
                 time.sleep(0.01)
         if self.jack is not None:
-            # The last note-offs go out through the process callback, then the client closes.
-            self._out_ready.append((0, "all off"))
+            # The last note-offs go out through the process callback, then the client closes. JACK
+            # can drop a cycle's MIDI at an xrun, so they go out FINAL_NOTE_OFF_SENDS times, each
+            # FINAL_NOTE_OFF_GAP_CALLBACKS callbacks after the last (a receiver that drops a buffer
+            # read again, as RepeatedMidi does, still sees each send as new).
             deadline = time.perf_counter() + 0.5
-            while audio_ok and self._out_ready and time.perf_counter() < deadline:
-                time.sleep(0.005)
+            for _ in range(FINAL_NOTE_OFF_SENDS):
+                after = self.stats.callbacks + FINAL_NOTE_OFF_GAP_CALLBACKS
+                while audio_ok and self.stats.callbacks < after and time.perf_counter() < deadline:
+                    time.sleep(0.002)
+                self._out_ready.append((0, "all off"))
+                while audio_ok and self._out_ready and time.perf_counter() < deadline:
+                    time.sleep(0.002)
             self._out_ready.clear()
             self.jack.close()
         if self.stream is not None:
@@ -973,7 +986,10 @@ class LiveHost:
             # Whatever the audio did not get to play is still sent: no note left hanging out there.
             while self._out_pending:
                 self._out_ready.append(self._out_pending.popleft())
-            self._out_ready.append((0, "all off"))
+            for i in range(FINAL_NOTE_OFF_SENDS):  # (python-rtmidi's JACK port can lose a cycle too)
+                if i:
+                    self._out_ready.append((0, "pause"))
+                self._out_ready.append((0, "all off"))
             self._out_ready.append((0, "quit"))
             self._wake_sender()
         for thread in self._threads:

@@ -66,6 +66,10 @@ NOTE_LENGTH_S = 0.05
 NOTE_SPACING_S = 0.35  # FluidR3 piano C4 (default gain) released after 50 ms is near -55 dBFS by then
 LEAD_S = 0.25  # how far ahead of the current frame the first note is scheduled
 RECORD_TIMEOUT_MARGIN_S = 5.0
+# A recording may take this many times its length to finish: on a noisy VM the server's own cycles
+# run late and fall behind the wall clock (a CI run and an emulated one had the dummy driver at
+# 85-90% of real time over a minute).
+RECORD_TIMEOUT_FACTOR = 1.5
 
 
 class JackProbeError(LiveartError):
@@ -932,7 +936,7 @@ def measure_latency(probe: Probe, midi_in_port: str | None, audio_out_ports: Seq
     xruns0, errors0, xrun_index = probe.xruns, probe.callback_errors, len(probe.xrun_frames)
     rec = probe.record(rec_start, frames=rec_end - rec_start)
     sched = probe.schedule(events)
-    timeout = (rec_end - probe.frame_time) / sr + RECORD_TIMEOUT_MARGIN_S
+    timeout = RECORD_TIMEOUT_FACTOR * (rec_end - probe.frame_time) / sr + RECORD_TIMEOUT_MARGIN_S
     if not rec.wait(timeout):
         raise JackProbeError(f"the recording did not finish within {timeout:.1f} s "
                              f"(probe processed up to frame {probe.processed_frame}, needed {rec_end}; "
