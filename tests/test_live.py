@@ -211,8 +211,10 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # one near it is not timed.
     assert result.missed <= xruns, result.summary()
     # (an xrun's report can come up to 16 periods after it, as the reference instrument's test
-    # found: CI once had a note missed with no report within 6 periods after it)
-    timed = ~result.near_xrun(PERIOD, 16 * PERIOD)
+    # found: CI once had a note missed with no report within 6 periods after it; and its effects
+    # last a few periods past the report: under emulated VM noise, 2,000 xruns a minute, a note was
+    # missed 3 periods after one, none after it. The grid check below uses the same window.)
+    timed = ~result.near_xrun(4 * PERIOD, 16 * PERIOD)
     # With xruns so dense that fewer than 40% of the notes have a clean stretch around them (CI once had
     # 2,171 in the minute: one every 30 ms), the latency cannot be judged: the test says so by ending
     # as skipped once everything else is checked, rather than judging a handful of notes.
