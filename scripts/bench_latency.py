@@ -72,6 +72,7 @@ DEFAULT_LIVEART_ARGS = "--mode free --no-take"
 MUTE_MODEL_CHANNEL = bytes([0xB1, 7, 0])
 PORT_TIMEOUT_S = 30.0  # FluidSynth loads a 148 MB SoundFont; liveart loads its models
 SETTLE_S = 0.5  # after the ports appear, let the target finish starting before the first note
+PRELUDE_SENDS = 5  # the prelude's messages go this many times, spread over SETTLE_S
 STOP_TIMEOUT_S = 10.0
 STDERR_LINES_SHOWN = 5
 LIVEART_MIDI_PORT = r"^liveart(:midi_in| in:)"  # the jack backend's port, or rtmidi's virtual port
@@ -218,10 +219,15 @@ def measure_target(target: Target, server: JackServer, args, log_dir: Path) -> L
                                          is_output=True, process=proc)
         except JackProbeError as e:
             raise TargetUnavailable(f"{e}; its output: {tail(log)}") from e
-        for message in target.prelude:
-            probe.connect_midi_to(midi)
-            probe.send_at(probe.frame_time + 2 * server.period, message)
-        time.sleep(SETTLE_S)
+        probe.connect_midi_to(midi)
+        # The prelude (liveart: the model's channel muted) goes PRELUDE_SENDS times over the settling
+        # time: one send can be lost (at an xrun, or before the target reads its input), and then the
+        # model sounds under the probe's notes and hides their onsets (2026-12-04: the CC missing from
+        # the take in 2 of 5 runs at 64 frames, which had 50 and 54 notes "missed" and p99 ~3,800).
+        for _ in range(PRELUDE_SENDS):
+            for message in target.prelude:
+                probe.send_at(probe.frame_time + 2 * server.period, message)
+            time.sleep(SETTLE_S / PRELUDE_SENDS)
         audio = sorted(probe.find_ports(target.audio_ports, is_audio=True, is_output=True))[:2]
         print(f"  {target.name} @ {server.period}: {shlex.join(target.argv)}", flush=True)
         print(f"    MIDI -> {midi}; audio <- {', '.join(audio)}", flush=True)
@@ -317,7 +323,14 @@ def main(argv=None) -> int:
                     rows.append(f"{name:<11} {period:>6}   not measured (see above)")
                     continue
                 rows.append(row(name, period, result))
-                figures.append({"target": name, "command": target.argv, **result.summary()})
+                figures.append({"target": name, "command": target.argv, **result.summary(),
+                                # each note's send frame and latency (None: not heard), and the
+                                # frames at which the probe was told of an xrun: where a bad
+                                # stretch sits in the run
+                                "note_frames": [int(f) for f in result.note_frames],
+                                "latencies_frames": [None if v is None else int(v)
+                                                     for v in result.latencies_frames],
+                                "xrun_frames": [int(f) for f in result.xrun_frames]})
                 if result.late_events or result.frames_missing or result.callback_errors:
                     print(f"    warning: {result.late_events} late events, {result.frames_missing} frames "
                           f"not recorded, {result.callback_errors} probe callback errors", flush=True)
