@@ -548,9 +548,10 @@ def test_controller_unplugged_and_back_a_flood_and_a_kill(server, probe, tmp_pat
             flood += [(end + 10, bytes([0xB0, 123, 0]))] + [(end + 11 + i, bytes([0x80, n, 0]))
                                                             for i, n in enumerate(range(36, 96))]
         keys.schedule(flood)
-        t3 = f0 + 4 * SR  # a note after the flood
-        keys.send_at(t3, bytes([0x90, 67, 100]))
-        keys.send_at(t3 + SR // 10, bytes([0x80, 67, 0]))
+        t3 = f0 + 4 * SR  # notes after the flood (three: JACK can drop one at an xrun, as above)
+        for k in range(3):
+            keys.send_at(t3 + k * SR // 4, bytes([0x90, 67, 100]))
+            keys.send_at(t3 + k * SR // 4 + SR // 10, bytes([0x80, 67, 0]))
         assert rec.wait(30)
         assert keys.callback_errors == 0, keys.last_callback_error  # the flood went out whole
         assert live.proc.poll() is None  # still playing
@@ -568,10 +569,12 @@ def test_controller_unplugged_and_back_a_flood_and_a_kill(server, probe, tmp_pat
     assert loud(t + int(1.6 * SR), t + int(2.3 * SR)) < 1e-4  # unplugged: released, silence
     assert max(loud(t2 + k * SR // 4, t2 + k * SR // 4 + SR // 20) for k in range(3)) > 0.01, \
         (live.stderr, _take_notes(live.take()), t2 - rec.start_frame, t - rec.start_frame)  # back: it plays again
-    onset = jackprobe.detect_onsets(rec.audio, np.array([t3 - rec.start_frame]), max_latency_frames=SR // 5)[0]
-    assert onset is not None and onset <= 4 * PERIOD, (onset, loud(t3 - SR // 2, t3), loud(t3, t3 + SR // 5),
-                                                       loud(f0, f0 + 3 * SR), live.stderr)  # after the flood: no backlog
-    assert loud(t3 + SR, rec.end_frame) < 1e-4  # and nothing left hanging from the flood
+    onsets = jackprobe.detect_onsets(rec.audio, t3 + np.arange(3) * SR // 4 - rec.start_frame,
+                                     max_latency_frames=SR // 5)
+    # After the flood: no backlog (a backlog would make all three late).
+    assert min(v for v in onsets + [10**9] if v is not None) <= 4 * PERIOD, \
+        (onsets, loud(t3 - SR // 2, t3), loud(t3, t3 + SR // 5), loud(f0, f0 + 3 * SR), live.stderr)
+    assert loud(t3 + SR // 2 + SR, rec.end_frame) < 1e-4  # and nothing left hanging from the flood
 
     import mido
 
