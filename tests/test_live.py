@@ -272,13 +272,15 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
                                [int(np.min(np.abs(xrun_frames - f), initial=10**9)) for f in clean[off]])
     assert not _hanging(midi), _hanging(midi)  # SIGTERM ended every note it sent
     # ... twice: JACK can drop a cycle's MIDI at an xrun, so the final note-offs, one for every note
-    # liveart sent, go out twice, several cycles apart (judged when no xrun came near the end).
+    # liveart sent, go out twice, several cycles apart (one may be missing only with an xrun after
+    # the last note-on).
     last_on = max(f for f, _ch, _n in ons)
     tail = [(ch, n) for f, ch, n in offs if f > last_on]
-    if jackprobe.near_xruns(np.array([last_on]), xrun_frames, 0, 10 * SR)[0]:
-        unjudged.append("final note-offs: an xrun came after the last note-on")
+    once = [key for key in {(ch, n) for _f, ch, n in ons} if tail.count(key) < 2]
+    if once and jackprobe.near_xruns(np.array([last_on]), xrun_frames, 0, 10 * SR)[0]:
+        unjudged.append(f"final note-offs: {len(once)} notes got one, with an xrun after the last note-on")
     else:
-        assert all(tail.count(key) >= 2 for key in {(ch, n) for _f, ch, n in ons}), tail
+        assert not once, (once, tail)
 
     # The take: readable, holds the player's notes and the model's, and replays offline.
     import mido
