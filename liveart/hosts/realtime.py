@@ -53,16 +53,16 @@ class RepeatedMidi:
       stream that sends exactly the same messages at exactly the same offsets within a few periods
       does not happen in music: a key pressed again needs its note-off between; only MIDI clock
       whose tick lasts exactly one to three periods, 39 to 117 bpm at 48 kHz and 1024 frames, would).
-      The run of repeats this rule has seen is the one told above; the window also covers a
-      buffer read again after a callback that read nothing, which a fresh-clone CI run on a VM with
-      thousands of xruns a minute once let through (a guess at its mechanism, not a proven one);
+      The repeat seen in an experiment came in the very next callback; the window also covers a
+      buffer read again after a callback that read nothing, a guess at the repeat a fresh-clone CI
+      run on a VM with thousands of xruns a minute once let through (not a proven mechanism);
     - in a second run of a cycle (the same start as the callback before), a message equal to one
       already read in that cycle, at the same offset, is repeated (a buffer mixed from several
       senders, only some of which ran again).
 
     Holds at most ``capacity`` messages a cycle (a repeat past that many is not told). ``count``:
     the repeats dropped so far; ``moved``: those of them read with another cycle start than the
-    first time (the second rule alone tells them)."""
+    first time (only the first rule tells those)."""
 
     def __init__(self, capacity: int = 256, window: int = 3):
         self.capacity = capacity
