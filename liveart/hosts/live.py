@@ -963,12 +963,12 @@ class LiveHost:
                 time.sleep(0.01)
         if self.jack is not None:
             # The last note-offs go out through the process callback, then the client closes. JACK
-            # can drop a cycle's MIDI at an xrun, so they go out FINAL_NOTE_OFF_SENDS times, each
-            # FINAL_NOTE_OFF_GAP_CALLBACKS callbacks after the last (a receiver that drops a buffer
-            # read again, as RepeatedMidi does, still sees each send as new).
+            # can drop a cycle's MIDI at an xrun, so they go out FINAL_NOTE_OFF_SENDS times,
+            # FINAL_NOTE_OFF_GAP_CALLBACKS callbacks apart (a receiver that drops a buffer read
+            # again, as RepeatedMidi does, still sees each send as new).
             deadline = time.perf_counter() + 0.5
-            for _ in range(FINAL_NOTE_OFF_SENDS):
-                after = self.stats.callbacks + FINAL_NOTE_OFF_GAP_CALLBACKS
+            for i in range(FINAL_NOTE_OFF_SENDS):
+                after = self.stats.callbacks + (FINAL_NOTE_OFF_GAP_CALLBACKS if i else 0)
                 while audio_ok and self.stats.callbacks < after and time.perf_counter() < deadline:
                     time.sleep(0.002)
                 self._out_ready.append((0, "all off"))
