@@ -1,7 +1,8 @@
 """Command line: arguments → one library call each; errors → one line on stderr and an exit status.
 
 Exit status: 0 done, 1 bad input or a failed render (a LiveartError), 2 bad arguments,
-130 interrupted.
+130 interrupted, 143 terminated. An unexpected exception is a bug: it is also status 1, with one line
+that names it and the file under the user's cache directory where its full report was written.
 """
 
 from __future__ import annotations
@@ -329,10 +330,54 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TERMINATED
     except BrokenPipeError:
         return EXIT_ERROR
+    except Exception as e:  # a bug: one line here, the traceback in a report file
+        report = _write_crash_report(e, sys.argv if argv is None else ["liveart", *argv])
+        where = f"full report in {report}" if report else "no report could be written"
+        message = " ".join(str(e).split())
+        message = message if len(message) <= 200 else message[:199] + "…"
+        print(f"liveart: internal error in '{args.command}': {type(e).__name__}: {message} ({where})",
+              file=sys.stderr)
+        return EXIT_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return EXIT_USAGE
+
+
+def crash_dir():
+    """Where crash reports go: liveart/crash under the user's cache directory (XDG_CACHE_HOME or
+    ~/.cache on Linux, ~/Library/Caches on macOS, LOCALAPPDATA on Windows)."""
+    import os
+    from pathlib import Path
+
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        base = Path(os.environ["LOCALAPPDATA"])
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "liveart" / "crash"
+
+
+def _write_crash_report(error: BaseException, argv: list[str]):
+    """Write the traceback and what ran to a new file in crash_dir(); its path, or None when it
+    cannot be written."""
+    import datetime
+    import os
+    import platform
+    import traceback
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        folder = crash_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stamp}-{os.getpid()}.txt"
+        path.write_text(
+            f"liveart {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+            f"command: {' '.join(argv)}\n\n" + "".join(traceback.format_exception(error)))
+    except OSError:
+        return None
+    return path
 
 
 def _in_main_thread() -> bool:

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Set up a checkout: the Debian packages liveart needs, the virtualenv .venv, and liveart installed
-# into it in editable mode with the extras in LIVEART_EXTRAS (default: dev). Safe to run again; fast
-# when nothing has changed. The test suite asks for dev,train: the train extra pins torch==2.13.0
-# (a CPU build lies on this project's machines; an unpinned torch would pull a multi-GB CUDA build).
+# into it in editable mode with the extras in LIVEART_EXTRAS (default: none, what a performer needs to
+# play and render). Safe to run again; fast when nothing has changed. The test suite asks for
+# dev,train,plot: the train extra pins torch==2.13.0 (a CPU build lies on this project's machines; an
+# unpinned torch would pull a multi-GB CUDA build).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO_ROOT/.venv"
 STAMP="$VENV/.liveart-pyproject.sha256"  # sha256 of pyproject.toml + extras at the last good install
-EXTRAS="${LIVEART_EXTRAS:-dev}"
+EXTRAS="${LIVEART_EXTRAS:-}"
+SPEC="."
+[ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
 APT_PACKAGES=(libportaudio2 libsndfile1 fluidsynth fluid-soundfont-gm ffmpeg jackd2)
 # The test suite (the dev extra) also drives the visualizer's web page in a real headless Chromium.
 if [[ ",$EXTRAS," == *",dev,"* ]]; then
@@ -104,11 +107,11 @@ install_package() {
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
         return
     fi
-    echo "setup: installing liveart into .venv (pip install -e '.[$EXTRAS]')"
+    echo "setup: installing liveart into .venv (pip install -e '$SPEC')"
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
     "${pip[@]}" install -q --upgrade pip || die "upgrading pip in .venv failed (see above)"
-    (cd "$REPO_ROOT" && "${pip[@]}" install -q -e ".[$EXTRAS]") \
-        || die "pip install -e '.[$EXTRAS]' failed (see above)"
+    (cd "$REPO_ROOT" && "${pip[@]}" install -q -e "$SPEC") \
+        || die "pip install -e '$SPEC' failed (see above)"
     echo "$hash" >"$STAMP"
 }
 

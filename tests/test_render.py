@@ -219,6 +219,57 @@ def test_a_bad_file_through_the_real_process_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", [["render", "{mid}", "-o", "{out}"], ["patches"], ["generate", "{mid}", "-o", "{out}.mid"]])
+def test_an_unexpected_error_is_one_line_a_report_and_exit_1(tmp_path, capsys, monkeypatch, command):
+    import liveart.cli
+    import liveart.hosts.generate
+    import liveart.hosts.offline
+    import liveart.patch
+
+    def fail(*args, **kwargs):
+        raise ZeroDivisionError("a bug\nover two lines")
+
+    for module, name in [(liveart.hosts.offline, "render"), (liveart.patch, "available_patches"),
+                         (liveart.hosts.generate, "generate_file")]:
+        monkeypatch.setattr(module, name, fail)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_midi(tmp_path / "song.mid", simple_song(2))
+    argv = [a.format(mid=path, out=tmp_path / "o.wav") for a in command]
+    assert liveart.cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"liveart: internal error in '{command[0]}': ZeroDivisionError: a bug over two lines (full report in ")
+    reports = list((tmp_path / "cache" / "liveart" / "crash").iterdir())
+    assert len(reports) == 1 and str(reports[0]) in err
+    report = reports[0].read_text()
+    assert "Traceback (most recent call last)" in report and "in fail" in report
+    assert "ZeroDivisionError: a bug" in report and f"command: liveart {' '.join(argv)}" in report
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_an_unexpected_error_without_a_writable_cache_still_is_one_line(tmp_path, capsys, monkeypatch):
+    import liveart.patch
+
+    monkeypatch.setattr(liveart.patch, "available_patches", lambda: 1 / 0)
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["patches"]) == 1
+    err = capsys.readouterr().err
+    assert err == "liveart: internal error in 'patches': ZeroDivisionError: division by zero (no report could be written)\n"
+
+
+def test_an_unexpected_error_in_the_real_process_has_no_traceback(tmp_path):
+    code = ("import sys, liveart.patch, liveart.cli; "
+            "liveart.patch.available_patches = lambda: {}['missing']; "
+            "sys.exit(liveart.cli.main(['patches']))")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "KeyError: 'missing'" in proc.stderr
+    assert len(list((tmp_path / "liveart" / "crash").iterdir())) == 1
+
+
 @pytest.mark.parametrize("patch, forbidden", [
     ("quartet", ("sounddevice", "rtmidi", "torch", "onnxruntime")),  # presets only: no model at all
     ("default", ("sounddevice", "rtmidi", "torch")),  # the timbre decoder runs on onnxruntime, never torch
