@@ -291,8 +291,12 @@ def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     # several hundred xruns, before it also told a buffer read again under a later cycle start. That
     # is the likely account, not a proven one, so the allowance stays)
     assert 140 - result.missed <= sum(m.channel == 0 for m in notes) <= 140 + xruns // 50, (xruns, log["stats"])
-    # (every model note the probe received is in the take; one sent in a cycle an xrun lost is not received)
-    assert 0 <= sum(m.channel == 1 for m in notes) - len(model_ons) <= xruns
+    # (every model note the probe received is in the take; one sent in a cycle an xrun lost is not
+    # received. liveart's own late callbacks count too: CI once had 163 in the take and 161 received
+    # with 0 xruns reported to the probe in its window, 1 to liveart and a cycle held after it; a
+    # late cycle and the one run again after it can each lose their MIDI)
+    assert 0 <= sum(m.channel == 1 for m in notes) - len(model_ons) <= xruns + 2 * log["stats"]["xruns"], (
+        xruns, log["stats"])
     wav = tmp_path / "replay.wav"
     p = subprocess.run([sys.executable, "-m", "liveart", "render", str(take), "-o", str(wav), "-q",
                         "--format", "float"], capture_output=True, text=True, timeout=300)
