@@ -573,12 +573,12 @@ def _patches(args) -> int:
         patch = load_patch(args.check)
         if patch.uses_timbre():  # what only the model can tell: its file, its latent's size
             from .errors import PatchError
-            from .timbre.control import TimbreControl
+            from .timbre.control import timbre_layout
             from .timbre.model import TimbreModel
 
             model = TimbreModel.load(patch.timbre.model, device="cpu")
             try:
-                TimbreControl(model.anchors, model.latent_low, model.latent_high, patch.timbre, patch.channels)
+                timbre_layout(model.anchors, model.latent_low, model.latent_high, patch.timbre, patch.channels)
             except ValueError as e:
                 raise PatchError(f"{patch.source}: {e}") from None
         print(f"{patch.source}: ok ({patch.name})")

@@ -31,9 +31,9 @@ def default_patch():
 
 
 def render_events(patch, events, frames: int, block_sizes=(256,), seed: int = 0, sample_rate: int = SR,
-                  use_kernel=None, timbre=None):
+                  timbre=None):
     """Render ``events`` for ``frames`` frames, cycling through ``block_sizes``; returns (audio, engine)."""
-    engine = Engine(patch, sample_rate=sample_rate, seed=seed, use_kernel=use_kernel, timbre=timbre)
+    engine = Engine(patch, sample_rate=sample_rate, seed=seed, timbre=timbre)
     engine.schedule_many(events)
     out = np.zeros((frames, 2), np.float32)
     pos, i = 0, 0

@@ -26,20 +26,16 @@ import numpy as np
 
 from . import kernel
 from .presets import N_HARMONICS, N_NOISE_BANDS, noise_band_edges_hz
+from .voices import (ENVELOPE_CURVE, EXP_CURVE, FAR_FUTURE, TABLE_SIZE, TAPER_END, TAPER_START, Voices,
+                     build_table, sine_basis)
 
-TABLE_SIZE = 2048
 NOISE_LOOP_FRAMES = 1 << 17
-# Partials above TAPER_END of the sample rate are silent, below TAPER_START untouched.
-TAPER_START = 0.40
-TAPER_END = 0.45
-# Shape constant of the exponential decay/release segments.
-ENVELOPE_CURVE = 5.0
-_EXP_CURVE = math.exp(-ENVELOPE_CURVE)
-FAR_FUTURE = np.iinfo(np.int64).max // 4  # "never" for note-off and steal frames
+_EXP_CURVE = EXP_CURVE
 STEAL_FADE_SECONDS = 0.004  # a stolen voice fades out over this long: no click, little overlap
 # The compiled kernel steps exponential envelope segments by multiplication, re-anchored with exp()
 # on multiples of this many frames.
 ENVELOPE_ANCHOR = 64
+_BASIS = sine_basis()
 
 
 def _curve(u: np.ndarray) -> np.ndarray:
@@ -48,36 +44,18 @@ def _curve(u: np.ndarray) -> np.ndarray:
     return np.where(u >= 1.0, 0.0, fall).astype(fall.dtype, copy=False)
 
 
-def _noise_offset(frame: int, channel: int, note: int) -> int:
-    """A deterministic start in the noise loops for a voice, spread over the whole loop (a 64-bit
-    mix of onset frame, channel and note), so that voices' noise is independent even in the lowest
-    band, whose samples stay correlated over a few thousand frames."""
-    h = (frame * 0x9E3779B97F4A7C15 + channel * 0xBF58476D1CE4E5B9 + note * 0x94D049BB133111EB) & (2**64 - 1)
-    h ^= h >> 31
-    h = (h * 0xD6E8FEB86659FD93) & (2**64 - 1)
-    h ^= h >> 32
-    return h % NOISE_LOOP_FRAMES
-
-
-_HARMONIC_NUMBERS = np.arange(1, N_HARMONICS + 1, dtype=np.float64)
-_TABLE_SCALE = -0.5j * TABLE_SIZE
-
-
 def build_tables(harmonics: np.ndarray, freq: np.ndarray) -> np.ndarray:
-    """Wavetables for partial amplitudes at frequencies (a pure function: a worker thread may build
-    them ahead of the audio).
+    """Wavetables for partial amplitudes at frequencies (a pure function: the timbre worker builds
+    them ahead of the audio), with the same compiled code the engine uses.
 
     harmonics : shape (V, N_HARMONICS) linear amplitude; freq : shape (V,) cycles per frame.
     Returns shape (V, TABLE_SIZE + 1) float32 (the last point repeats the first, for lookup).
     """
-    partial_freq = np.asarray(freq, np.float64)[:, None] * _HARMONIC_NUMBERS[None, :]
-    taper = np.clip((TAPER_END - partial_freq) / (TAPER_END - TAPER_START), 0.0, 1.0)
-    # Single precision is plenty for a float32 table and makes the FFT ~40% cheaper.
-    spectrum = np.zeros((len(partial_freq), TABLE_SIZE // 2 + 1), np.complex64)
-    spectrum[:, 1 : N_HARMONICS + 1] = _TABLE_SCALE * harmonics * taper
-    table = np.empty((len(partial_freq), TABLE_SIZE + 1), np.float32)
-    table[:, :TABLE_SIZE] = np.fft.irfft(spectrum, n=TABLE_SIZE, axis=1)
-    table[:, TABLE_SIZE] = table[:, 0]
+    harmonics = np.asarray(harmonics, np.float64)
+    freq = np.asarray(freq, np.float64)
+    table = np.empty((len(harmonics), TABLE_SIZE + 1), np.float32)
+    for i in range(len(harmonics)):
+        build_table(harmonics[i], freq[i], _BASIS, table[i])
     return table
 
 
@@ -100,14 +78,15 @@ def make_noise_bands(sample_rate: int, seed: int) -> np.ndarray:
 
 
 class VoiceBank:
-    """State of ``capacity`` voice slots and the segment renderer.
+    """State of ``capacity`` voice slots, and the segment renderers.
 
-    The engine decides which slot plays what; this class only holds and renders. Frames are
-    absolute (int64); ``hop_frames`` is the control hop.
+    The engine's compiled block decides which slot plays what and renders through the kernel; this
+    class holds the arrays (:attr:`voices` names them all, for compiled code) and keeps the numpy
+    reference renderer the kernel is tested against. Frames are absolute (int64); ``hop_frames`` is
+    the control hop.
     """
 
-    def __init__(self, sample_rate: int, capacity: int, hop_frames: int, seed: int = 0,
-                 use_kernel: bool | None = None):
+    def __init__(self, sample_rate: int, capacity: int, hop_frames: int, seed: int = 0):
         self.sample_rate = sample_rate
         self.capacity = capacity
         self.hop_frames = hop_frames
@@ -125,12 +104,15 @@ class VoiceBank:
         self.sustain_level = np.ones(c)
         self.release_frames = np.ones(c, i64)
         # Who plays.
-        self.channel = np.zeros(c, np.int16)
-        self.note = np.zeros(c, np.int16)
-        self.velocity = np.zeros(c, np.int16)
-        self.pedal_held = np.zeros(c, bool)
+        self.channel = np.zeros(c, i64)
+        self.note = np.zeros(c, i64)
+        self.velocity = np.zeros(c, i64)
+        self.pedal_held = np.zeros(c, np.bool_)
         self.f0_hz = np.ones(c)
         self.harmonics = np.zeros((c, N_HARMONICS))
+        self.preset = np.full(c, -1, i64)  # the engine's preset index (-1: a timbre-model voice)
+        self.timbre = np.zeros(c, np.bool_)  # plays through the timbre model
+        self.timbre_peak = np.zeros(c)  # a timbre voice's loudest level so far (the model's scale)
         # Control ramp: parameters go from *_before to *_after over [ramp_at, ramp_at + hop).
         self.ramp_at = np.full(c, -hop_frames, i64)
         self.phase_at = np.zeros(c)
@@ -148,28 +130,11 @@ class VoiceBank:
         self.amp_after = np.zeros(c)
         # Where each voice reads the shared noise loops, so that voices' noise is independent.
         self.noise_offset = np.zeros(c, i64)
-
         self.noise_bands = make_noise_bands(sample_rate, seed)
+        self.voices = Voices(**{name: getattr(self, name) for name in Voices._fields})
         self.reserve(8192)
-        self.use_kernel = kernel.KERNEL_AVAILABLE if use_kernel is None else (use_kernel and kernel.KERNEL_AVAILABLE)
-        if self.use_kernel:
-            kernel.warm_up()
 
-    # ------------------------------------------------------------------ tables and envelopes
-    def build_tables(self, harmonics: np.ndarray, freq: np.ndarray) -> np.ndarray:
-        """Wavetables for partial amplitudes at frequencies; see :func:`build_tables`."""
-        return build_tables(harmonics, freq)
-
-    def retune_tables(self, slots: np.ndarray, freq: np.ndarray) -> np.ndarray:
-        """Tables of ``slots`` at new frequencies ``freq``: only voices with a partial near Nyquist
-        at the old or the new frequency need a new table (the taper changes); the rest keep theirs."""
-        tables = self.table_after[slots]
-        top = np.maximum(self.freq_after[slots], freq) * N_HARMONICS
-        retune = np.flatnonzero(top > TAPER_START)
-        if len(retune):
-            tables[retune] = self.build_tables(self.harmonics[slots[retune]], freq[retune])
-        return tables
-
+    # ------------------------------------------------------------------ envelopes (reference)
     def adsr_level(self, slots: np.ndarray, frame: int) -> np.ndarray:
         """Envelope level (without steal fade) of ``slots`` at ``frame``, shape (len(slots),)."""
         d = (frame - self.t_on[slots]).astype(np.float64)
@@ -218,108 +183,11 @@ class VoiceBank:
             env[rows] *= np.clip(1.0 - d / np.float32(self.steal_fade_frames), 0.0, 1.0)
         return env
 
-    # ------------------------------------------------------------------ control ramps
-    def ramp_weight_at(self, slots: np.ndarray, frame: int) -> np.ndarray:
-        return np.clip((frame - self.ramp_at[slots]) / self.hop_frames, 0.0, 1.0)
-
-    def phase_at_frame(self, slots: np.ndarray, frame: int) -> np.ndarray:
-        d = (frame - self.ramp_at[slots]).astype(np.float64)
-        return self.phase_at[slots] + self.freq_before[slots] * d + (
-            self.freq_after[slots] - self.freq_before[slots]) * self._ramp_sum(d)
-
+    # ------------------------------------------------------------------ control ramps (reference)
     def _ramp_sum(self, d: np.ndarray) -> np.ndarray:
         """Sum of the ramp weight min(j / hop, 1) over j = 0 .. d-1 (d >= 0)."""
         h = float(self.hop_frames)
         return np.where(d <= h, d * (d - 1.0) / (2.0 * h), (h - 1.0) / 2.0 + (d - h))
-
-    def begin_ramp(self, slots: np.ndarray, frame: int, freq: np.ndarray, gain_l: np.ndarray,
-                   gain_r: np.ndarray, table: np.ndarray | None, noise: np.ndarray | None,
-                   amp: np.ndarray | None = None) -> None:
-        """Start a one-hop ramp of ``slots`` at ``frame`` (a hop boundary) towards new values.
-
-        This is the synth's timbre input at the control rate: ``table`` (from :meth:`build_tables`),
-        ``noise`` band magnitudes and ``amp`` loudness per voice; each may be None to keep the
-        current one. Values at ``frame`` under the old ramp become the new starting values, so
-        nothing jumps.
-        """
-        if len(slots) == 0:
-            return
-        w = self.ramp_weight_at(slots, frame)
-        phase = self.phase_at_frame(slots, frame)
-        self.phase_at[slots] = phase - np.floor(phase)
-        self.freq_before[slots] = self.freq_before[slots] + (self.freq_after[slots] - self.freq_before[slots]) * w
-        self.gain_l_before[slots] = self.gain_l_before[slots] + (self.gain_l_after[slots] - self.gain_l_before[slots]) * w
-        self.gain_r_before[slots] = self.gain_r_before[slots] + (self.gain_r_after[slots] - self.gain_r_before[slots]) * w
-        self.amp_before[slots] = self.amp_before[slots] + (self.amp_after[slots] - self.amp_before[slots]) * w
-        # At a hop boundary the old ramp is either untouched (w = 0) or complete (w = 1).
-        # With w = 0 (a second change at the same boundary) the starting table stays and only
-        # the target moves.
-        done = slots[w >= 1.0]
-        self.table_before[done] = self.table_after[done]
-        self.noise_before[done] = self.noise_after[done]
-        self.freq_after[slots] = freq
-        self.gain_l_after[slots] = gain_l
-        self.gain_r_after[slots] = gain_r
-        if table is not None:
-            self.table_after[slots] = table
-        if noise is not None:
-            self.noise_after[slots] = noise
-        if amp is not None:
-            self.amp_after[slots] = amp
-        self.ramp_at[slots] = frame
-
-    def start_voice(self, slot: int, frame: int, channel: int, note: int, velocity: int, f0_hz: float,
-                    freq: float, harmonics: np.ndarray, noise: np.ndarray, amp: float, gain_l: float,
-                    gain_r: float, table: np.ndarray | None, attack_frames: int, decay_frames: int,
-                    sustain_level: float, release_frames: int) -> None:
-        """Put a new voice in a free ``slot`` from ``frame``. ``freq`` in cycles per frame; ``table``
-        is the voice's wavetable if the caller has it (else it is built here)."""
-        self.t_on[slot] = frame
-        self.t_off[slot] = FAR_FUTURE
-        self.t_kill[slot] = FAR_FUTURE
-        # A voice whose sustain is silent ends with its decay unless released before.
-        self.t_end[slot] = frame + attack_frames + decay_frames + 1 if sustain_level <= 0.0 else FAR_FUTURE
-        self.attack_frames[slot] = attack_frames
-        self.decay_frames[slot] = decay_frames
-        self.sustain_level[slot] = sustain_level
-        self.release_frames[slot] = release_frames
-        self.amp_before[slot] = self.amp_after[slot] = amp
-        self.channel[slot], self.note[slot], self.velocity[slot] = channel, note, velocity
-        self.pedal_held[slot] = False
-        self.f0_hz[slot] = f0_hz
-        self.harmonics[slot] = harmonics
-        self.noise_offset[slot] = _noise_offset(frame, channel, note)
-        self.ramp_at[slot] = frame - self.hop_frames  # no ramp running
-        self.phase_at[slot] = -freq * self.hop_frames  # so the phase is 0 at the onset
-        self.freq_before[slot] = self.freq_after[slot] = freq
-        self.gain_l_before[slot] = self.gain_l_after[slot] = gain_l
-        self.gain_r_before[slot] = self.gain_r_after[slot] = gain_r
-        if table is None:
-            table = self.build_tables(harmonics[None, :], np.array([freq]))[0]
-        self.table_before[slot] = self.table_after[slot] = table
-        self.noise_before[slot] = self.noise_after[slot] = noise
-
-    def release_voices(self, slots: np.ndarray, frame: int) -> None:
-        """Begin the release of ``slots`` at ``frame`` (voices already released are left alone)."""
-        slots = slots[self.t_off[slots] >= FAR_FUTURE]
-        if len(slots) == 0:
-            return
-        self.level_off[slots] = self.adsr_level(slots, frame)
-        self.t_off[slots] = frame
-        self.pedal_held[slots] = False
-        # The release replaces whatever end the voice had (its decay's, for a silent sustain); only
-        # a steal fade already running can end it sooner.
-        end = frame + self.release_frames[slots] + 1
-        kill_end = self.t_kill[slots] + self.steal_fade_frames + 1
-        self.t_end[slots] = np.where(self.t_kill[slots] < FAR_FUTURE, np.minimum(end, kill_end), end)
-
-    def kill_voices(self, slots: np.ndarray, frame: int) -> None:
-        """Fade ``slots`` to silence over the steal fade, starting at ``frame``."""
-        slots = slots[self.t_kill[slots] >= FAR_FUTURE]
-        if len(slots) == 0:
-            return
-        self.t_kill[slots] = frame
-        self.t_end[slots] = np.minimum(self.t_end[slots], frame + self.steal_fade_frames + 1)
 
     # ------------------------------------------------------------------ rendering
     def render(self, t0: int, out_l: np.ndarray, out_r: np.ndarray) -> None:
@@ -328,9 +196,6 @@ class VoiceBank:
         out_l, out_r : float64 arrays of the segment's length. No control event may fall strictly
         inside the segment (the engine splits at them).
         """
-        if not self.use_kernel:
-            self.render_numpy(t0, out_l, out_r)
-            return
         act = np.flatnonzero(self.t_end > t0)
         if len(act) == 0:
             return

@@ -2,9 +2,10 @@
 
 Same mathematics as :meth:`VoiceBank.render_numpy` (the reference it is tested against), computed
 sample by sample in float64 with numba: no temporaries, so it is several times faster than the
-numpy version (see docs/benchmarks.md) and it releases the GIL, so the audio thread does not
-compete with model threads while it runs. Each sample is a closed form of its absolute frame and
-the voices are summed in slot order, so any split of time into segments gives bit-identical audio.
+numpy version (see docs/benchmarks.md), and it is called from the engine's compiled block
+(:mod:`liveart.realtime.block`), which runs on the audio thread without the GIL. Each sample is a
+closed form of its absolute frame and the voices are summed in slot order, so any split of time into
+segments gives bit-identical audio.
 
 Compiled on first use and cached beside this file (``__pycache__``).
 """
@@ -12,17 +13,9 @@ Compiled on first use and cached beside this file (``__pycache__``).
 from __future__ import annotations
 
 import math
-import os
 
+import numba
 import numpy as np
-
-try:
-    import numba
-except ImportError:  # the numpy reference renderer is used instead
-    numba = None
-
-# LIVEART_NO_KERNEL=1 runs the numpy reference renderer, for comparison and debugging.
-KERNEL_AVAILABLE = numba is not None and os.environ.get("LIVEART_NO_KERNEL") != "1"
 
 
 def _fall_span(env, j0, j1, t0, base, scale, step, curve_k, curve_floor, anchor_mask, level, floor):
@@ -193,28 +186,8 @@ def _finish_block(left, right, gain, out):
     return peak, energy
 
 
-if KERNEL_AVAILABLE:
-    # The GIL stays held: live, the kernel runs on the audio thread, and a kernel that let go of the
-    # GIL would hand it to a model thread mid-block and wait a switch interval to get it back.
-    _jit = numba.njit(nogil=False, cache=True, fastmath=False, error_model="numpy")
-    _fall_span = _jit(_fall_span)
-    _noise_span = _jit(_noise_span)
-    render_segment = _jit(_render_segment)
-    finish_block = _jit(_finish_block)
-else:
-    render_segment = finish_block = None
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) now, not in the first audio block."""
-    if not KERNEL_AVAILABLE:
-        return
-    z1 = np.zeros(1)
-    i1 = np.zeros(1, np.int64)
-    tab = np.zeros((1, 3), np.float32)
-    nz = np.zeros((1, 16), np.float32)
-    f1 = np.zeros(1, np.float32)
-    render_segment(0, 1, i1, i1, i1 + 9, i1 + 9, z1, i1 + 1, i1 + 1, z1, i1 + 1, z1, z1, i1, z1, z1, z1, z1, z1,
-                   z1, z1, tab, tab, nz, nz, i1, np.zeros((16, 4), np.float32), 1, 1, 5.0, 0.0, 64, np.zeros(1),
-                   f1, f1.copy(), np.zeros(1), np.zeros(1))
-    finish_block(np.zeros(1), np.zeros(1), 1.0, np.zeros((1, 2), np.float32))
+_jit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+_fall_span = _jit(_fall_span)
+_noise_span = _jit(_noise_span)
+render_segment = _jit(_render_segment)
+finish_block = _jit(_finish_block)
