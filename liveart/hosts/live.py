@@ -2,13 +2,16 @@
 
 Threads, and what each may do (the audio callback never waits for any other):
 
-- **audio** (sounddevice's callback, on the audio server's real-time thread): takes the stamped
-  MIDI and the conductor's notes from lock-free deques, schedules them into the
-  :class:`~liveart.engine.Engine` at their frames, renders the block, hands what was played to the
-  take and the MIDI sender, and times itself. No model call, no lock, no I/O but one byte written
-  to a pipe to wake the sender, no logging.
-- **MIDI input** (rtmidi's thread): stamps each message with the frame it will sound at (its
-  arrival time, one block on: latency one block, no jitter from the block grid) and queues it.
+- **audio** (the audio server's real-time thread): the compiled cycle
+  (:func:`liveart.realtime.callback.cycle`) takes the MIDI in and the conductor's notes, schedules
+  them into the engine's compiled block at their frames, renders, and hands what was played to the
+  take, the conductor, the visualizer and MIDI out, through lock-free rings. On JACK it is a numba
+  cfunc that libjack calls (:mod:`liveart.realtime.jack`): it never takes the GIL, so no Python
+  thread can make it late. On the portaudio backend it is still called from sounddevice's Python
+  callback (which takes the GIL), with the MIDI the rtmidi thread stamped.
+- **MIDI input** (portaudio backend, rtmidi's thread): stamps each message with the frame it will
+  sound at (its arrival time, one block on: latency one block, no jitter from the block grid) and
+  queues it.
 - **conductor**: the clock (internal, or following an external MIDI clock) and the melody model's
   :class:`~liveart.melody.play.Partner`; it runs each 16th step a few milliseconds ahead of the
   audio, so the model's notes land on the clock's grid at their exact frame.
@@ -42,11 +45,12 @@ from .. import events as ev
 from ..engine import Engine
 from ..errors import LiveartError, PortError
 from ..patch import Patch
-from .realtime import RepeatedMidi, hold_cpu_awake, raise_priority
+from ..realtime import callback as cb
+from .realtime import hold_cpu_awake, raise_priority
 
 SWITCH_INTERVAL_SECONDS = 0.0005  # Python's GIL hand-over interval while playing (default 5 ms > a block)
 MAX_INBOX = 512  # queued input messages; beyond this a flood's note-ons are dropped (note-offs never)
-MAX_EVENTS_PER_BLOCK = 64  # input events taken into one block; the rest wait for the next
+MAX_EVENTS_PER_BLOCK = cb.MAX_EVENTS_PER_CYCLE  # input events taken into one block; the rest wait for the next
 LEAD_SECONDS = 0.004  # the conductor decides a step this long (plus two blocks) before it sounds
 CONDUCTOR_POLL_SECONDS = 0.005  # the conductor looks at its input at least this often
 STATUS_SECONDS = 0.25
@@ -57,18 +61,15 @@ STATUS_SECONDS_NOT_TTY = 10.0  # into a log file or a pipe: a line now and then,
 TAKE_FLUSH_SECONDS = 0.25  # at most this much of a take can be lost (a bar is longer at any usable tempo)
 RECONNECT_POLL_SECONDS = 0.5
 VISUAL_FEED_SECONDS = 0.008  # what the engine played goes to the visual display's process this often
-TIMING_HISTORY = 1 << 16  # callback durations kept (about 3 minutes at 375 callbacks a second)
+TIMING_HISTORY = cb.TIMING_HISTORY  # callback durations kept (about 3 minutes at 375 callbacks a second)
 FINAL_NOTE_OFF_SENDS = 2  # JACK: the final note-offs go out this many times ...
 FINAL_NOTE_OFF_GAP_CALLBACKS = 8  # ... this many callbacks apart (more than RepeatedMidi's window)
 FINAL_NOTE_OFF_GAP_SECONDS = 0.03  # portaudio backend: the same, in time
 STOP_RELEASE_SECONDS = 0.4  # after the final note-offs the audio runs on this long, so releases do not click
 MAX_BLOCK_FRAMES = 8192
-MAX_CATCH_UP_FRAMES = 4096  # after an xrun, the JACK backend renders up to this many missed frames unheard
+MAX_CATCH_UP_FRAMES = cb.MAX_CATCH_UP_FRAMES  # after an xrun, the JACK backend renders up to this many missed frames unheard
 CLOCK_START, CLOCK_TICK, CLOCK_CONTINUE, CLOCK_STOP, SONG_POSITION = 0xFA, 0xF8, 0xFB, 0xFC, 0xF2
 DRUM_CHANNEL = 9
-# Markers the conductor and main thread send through the audio thread's queue.
-_PANIC = 1  # silence every voice now (all sound off on every channel)
-_RELEASE_ALL = 2  # release every note now (the end of the performance)
 
 
 @dataclass
@@ -96,7 +97,7 @@ class LiveSettings:
 @dataclass
 class LiveStats:
     callbacks: int = 0
-    xruns: int = 0  # blocks PortAudio reported as underflowed
+    xruns: int = 0  # xruns the server (JACK) or PortAudio reported
     input_messages: int = 0
     input_dropped: int = 0  # note-ons (and others) dropped in a flood
     late_input: int = 0  # input that could not be placed one block on (the callback ran late)
@@ -112,6 +113,8 @@ class LiveStats:
     held_frames: int = 0  # JACK: cycles the engine had already played (a late callback), waited out in silence
     repeated_input: int = 0  # JACK: MIDI handed again after an xrun (dropped; RepeatedMidi)
     repeated_input_moved: int = 0  # of those, read again with a later cycle start than the first time
+    midi_out_dropped: int = 0  # messages a full MIDI out buffer refused
+    rings_full: int = 0  # rows a full ring refused (the take, the conductor or the visualizer fell behind)
     cpu_awake: bool = False  # the CPU wake-up latency request (PM QoS 0) was held while playing
     errors: list = field(default_factory=list)
 
@@ -119,27 +122,6 @@ class LiveStats:
 def _is_note_off(message) -> bool:
     kind = message[0] & 0xF0
     return kind == 0x80 or (kind == 0x90 and len(message) > 2 and message[2] == 0)
-
-
-def _event_from_message(frame: int, message) -> ev.Event | None:
-    """A channel message (list of ints) → an engine event, or None for what the engine ignores."""
-    if not message:
-        return None
-    status = message[0]
-    kind, channel = status & 0xF0, status & 0x0F
-    if len(message) < 2 and kind != 0xC0:
-        return None
-    if kind == 0x90 and len(message) >= 3:
-        return ev.note_on(frame, channel, message[1] & 0x7F, message[2] & 0x7F)
-    if kind == 0x80 and len(message) >= 3:
-        return ev.note_off(frame, channel, message[1] & 0x7F)
-    if kind == 0xB0 and len(message) >= 3:
-        return ev.control_change(frame, channel, message[1] & 0x7F, message[2] & 0x7F)
-    if kind == 0xE0 and len(message) >= 3:
-        return ev.pitch_bend(frame, channel, ((message[2] & 0x7F) << 7 | (message[1] & 0x7F)) - 8192)
-    if kind == 0xC0 and len(message) >= 2:
-        return ev.program_change(frame, channel, message[1] & 0x7F)
-    return None
 
 
 def _message_of(e: ev.Event) -> tuple:
@@ -157,6 +139,12 @@ def _message_of(e: ev.Event) -> tuple:
     return ()
 
 
+def _message_row(frame: int, message) -> list[int]:
+    """(frame, length, three bytes): a row of the cycle's message rings."""
+    b = list(message)[:3]
+    return [frame, len(b)] + b + [0] * (3 - len(b))
+
+
 class LiveHost:
     """One performance. ``run()`` plays until stopped (Ctrl-C, SIGTERM, ``stop()``, the duration)
     and returns the stats; everything is opened and checked before the audio starts."""
@@ -169,18 +157,12 @@ class LiveHost:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._error: str | None = None
-        self._inbox: deque = deque()  # (frame, message) for the audio thread
-        self._control: deque = deque(maxlen=65536)  # (frame, message) for the conductor
-        self._gen: deque = deque()  # engine events and markers from the conductor / main
-        self._out_pending: deque = deque()  # (frame, message) to send once played
-        self._out_ready: deque = deque()
-        self._record: deque = deque()  # (frame, message) played, for the take
-        self._visual_feed: deque | None = None  # (start, end frame, rms, onsets) of each block, for the display
+        self._inbox: deque = deque()  # portaudio backend: (frame, message) from rtmidi's thread
+        self._out_ready: deque = deque()  # portaudio backend: messages for the sender thread
         self.display = None
-        self._published = (0, time.perf_counter(), 128)  # (block start frame, its wall time, frames)
-        self._durations = np.zeros(TIMING_HISTORY)
-        self._input_held = np.zeros((16, 128), bool)  # the player's keys down (the audio thread's view)
-        self._wake_frames = np.zeros(TIMING_HISTORY, np.int32)  # JACK: the callback's start, frames into its cycle
+        self.rt: cb.LiveState | None = None  # the compiled cycle's state and rings (made with the engine)
+        self._inbox_dropped = 0
+        self._clock_us = lambda: int(time.perf_counter() * 1e6)  # the backend's clock (JACK: jack_get_time)
         self._melody_ms = deque(maxlen=4096)
         self._threads: list[threading.Thread] = []
         self._inputs = []
@@ -190,8 +172,6 @@ class LiveHost:
         self.stream = None
         self.take = None
         self.log_path: Path | None = None
-        self._sounding_out: set[tuple[int, int]] = set()
-        self._ever_out: set[tuple[int, int]] = set()  # (channel, note) of every note-on sent
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._closed = False
@@ -254,6 +234,9 @@ class LiveHost:
             jack_io.midi_targets = [jack_io.find(s.output_name, midi=True, output=False, what="MIDI output")[0]]
         self.midi_out = "jack"  # the JACK client's own port: written in the process callback
         jack_io.on_xrun = self._count_xrun
+        from ..realtime import jackapi
+
+        self._clock_us = jackapi.get_time
 
     def _open_portaudio(self) -> None:
         from ..midi import ports
@@ -315,6 +298,7 @@ class LiveHost:
             partner().step(0)  # warm the model (its first run allocates), then start fresh
             self.partner = partner()
         self._melody_settings = self.partner.settings if self.partner else None
+        self.rt = cb.LiveState(conductor=self.partner is not None, external_clock=s.clock == "external")
         if s.takes_dir is not None:
             from .takes import TakeWriter
 
@@ -325,7 +309,6 @@ class LiveHost:
             from ..visual.live import LiveDisplay
 
             self.display = LiveDisplay(resolve_visual_model(s.visual_model), s.visual, self.sample_rate)
-            self._visual_feed = deque(maxlen=65536)
             self._note(f"visual: {self.display.url} (generator on {self.display.device})")
 
     def _take_meta(self) -> dict:
@@ -345,102 +328,55 @@ class LiveHost:
 
     # ------------------------------------------------------------------ the MIDI input thread
     def _on_midi(self, message) -> None:
-        """rtmidi's thread: stamp the message with the frame it will play at, and queue it."""
+        """rtmidi's thread (portaudio backend): stamp the message with the frame it will play at, and
+        queue it for the audio callback."""
         arrival = time.perf_counter()
-        start, t0, n = self._published
-        offset = int((arrival - t0) * self.sample_rate)
+        start, t0_us, n = self.rt.published()
+        offset = int((arrival - t0_us * 1e-6) * self.sample_rate)
         frame = start + n + min(max(offset, 0), n - 1)  # one block on, at its place in the block
-        self.stats.input_messages += 1
-        status = message[0] if message else 0
-        if status >= 0xF0:  # clock and transport: the conductor's
-            if self.settings.clock == "external":
-                self._control.append((frame, message))
+        if not message:
             return
-        if len(self._inbox) >= MAX_INBOX and not _is_note_off(message):
-            self.stats.input_dropped += 1
+        if len(self._inbox) >= MAX_INBOX and message[0] < 0xF0 and not _is_note_off(message):
+            self._inbox_dropped += 1  # (the cycle counts a flood within a block; this, the queue's)
             return
         self._inbox.append((frame, message))
 
     # ------------------------------------------------------------------ the audio thread
-    def _schedule_input(self, frame: int, message) -> None:
-        """A player's message at ``frame`` (in this block): into the engine, the take, the conductor."""
-        e = _event_from_message(frame, message)
-        if e is None:
-            return
-        self.engine.schedule(e)
-        self._record.append((frame, message))
-        if e.kind == ev.NOTE_ON:
-            self._input_held[e.channel, e.a] = True
-        elif e.kind == ev.NOTE_OFF:
-            self._input_held[e.channel, e.a] = False
-        if self.partner is not None:
-            self._control.append((frame, message))
-
-    def _block(self, start: int, frames: int, out: np.ndarray) -> None:
-        """The audio thread's work for one block: queued input and model notes into the engine at
-        their frames, then the engine's DSP into ``out`` (shape (frames, 2), float32)."""
-        engine = self.engine
-        end = start + frames
-        record = self._record
-        inbox = self._inbox
-        taken = 0
-        while inbox and taken < MAX_EVENTS_PER_BLOCK:
-            frame, message = inbox.popleft()
-            taken += 1
-            if frame < start:
-                self.stats.late_input += 1
-                frame = start
-            elif frame >= end:
-                frame = end - 1  # stamped against a late callback's time: play it in this block
-            self._schedule_input(frame, message)
-        gen = self._gen
-        while gen:
-            item = gen.popleft()
-            if item == _PANIC or item == _RELEASE_ALL:
-                cc = ev.CC_ALL_SOUND_OFF if item == _PANIC else ev.CC_ALL_NOTES_OFF
-                for c in range(16):
-                    engine.schedule(ev.control_change(start, c, ev.CC_SUSTAIN, 0))
-                    engine.schedule(ev.control_change(start, c, cc, 0))
-                    record.append((start, (0xB0 | c, ev.CC_SUSTAIN, 0)))
-                    record.append((start, (0xB0 | c, cc, 0)))
-                continue
-            if item.frame < start:
-                self.stats.generated_late += 1
-                late = start - item.frame
-                if late > self.stats.generated_late_max_frames:
-                    self.stats.generated_late_max_frames = late
-                item = item._replace(frame=start)
-            engine.schedule(item)
-            record.append((item.frame, _message_of(item)))
-        engine.render_into(out)
-        feed = self._visual_feed
-        if feed is not None:
-            state = engine.state
-            feed.append((start, start + frames, state.rms, state.onsets))  # (a new list each block that has onsets)
-
     def _count_xrun(self) -> None:
         self.stats.xruns += 1
 
-    def _timed(self, t0: float) -> None:
-        i = self.stats.callbacks
-        self._durations[i % TIMING_HISTORY] = time.perf_counter() - t0
-        self.stats.callbacks = i + 1
-
     def _callback(self, outdata, frames, time_info, status) -> None:
-        """PortAudio's callback (the portaudio backend)."""
+        """PortAudio's callback (the portaudio backend): the compiled cycle, with the MIDI the rtmidi
+        thread stamped as this block's input, and its MIDI out handed to the sender thread."""
         t0 = time.perf_counter()
-        start = self.engine.frame
-        self._published = (start, t0, frames)
+        rt = self.rt
+        ls = rt.ls
+        i = ls[cb.L_CALLBACKS] % TIMING_HISTORY
         try:
             if status.output_underflow:
                 self.stats.xruns += 1
-            self._block(start, frames, outdata)
+            engine = self.engine
+            start = engine.frame
             end = start + frames
-            pending = self._out_pending
-            if pending and pending[0][0] < end:
-                ready = self._out_ready
-                while pending and pending[0][0] < end:
-                    ready.append(pending.popleft())
+            rows = self._pa_rows
+            n = 0
+            inbox = self._inbox
+            while inbox and n < len(rows):
+                frame, message = inbox.popleft()
+                if frame < start:
+                    ls[cb.L_LATE_INPUT] += 1
+                    frame = start
+                elif frame >= end:
+                    frame = end - 1  # stamped against a late callback's time: play it in this block
+                rows[n] = _message_row(frame - start, message)
+                n += 1
+            count = cb.cycle(engine.cfg, engine.bank.voices, engine.ch, engine.s, engine.tb, rt.live, start,
+                             int(t0 * 1e6), frames, rows, n, outdata, self._pa_out)
+            if self._worker_wake is not None:
+                self._worker_wake()
+            if count:
+                for r in self._pa_out[:count]:
+                    self._out_ready.append((0, tuple(int(x) for x in r[2 : 2 + r[1]])))
                 try:
                     os.write(self._wake_w, b"x")
                 except (BlockingIOError, OSError):
@@ -448,117 +384,11 @@ class LiveHost:
         except Exception as e:  # never let an exception kill the stream silently
             outdata.fill(0.0)
             self._audio_failed(e)
-        self._timed(t0)
+        rt.live.durations[i] = int((time.perf_counter() - t0) * 1e6)
 
-    def _jack_process(self, frames: int) -> None:
-        """The JACK backend's process callback: MIDI in at its frame offsets, audio and MIDI out."""
-        t0 = time.perf_counter()
-        start = self.engine.frame
-        self._published = (start, t0, frames)
-        jio = self.jack
-        i = self.stats.callbacks % TIMING_HISTORY
-        client = jio.client
-        cycle = client.last_frame_time
-        self._wake_frames[i] = client.frame_time - cycle  # how late into its cycle it started
-        try:
-            # Cycles the server ran without liveart (an xrun): the engine catches up on them, unheard,
-            # so its time stays locked to the server's (the clock, MIDI out, the take keep their place).
-            gap = (cycle - self._jack_next_cycle) & 0xFFFFFFFF if self._jack_next_cycle is not None else 0
-            hold = False
-            if 0 < gap <= MAX_CATCH_UP_FRAMES:
-                self._block(start, gap, self._jack_scratch[:gap])
-                self.stats.caught_up_frames += gap
-                start = self.engine.frame
-                self._published = (start, t0, frames)
-            elif 0xFFFFFFFF - MAX_CATCH_UP_FRAMES < gap:
-                # A cycle the engine has already played. JACK2 runs its graph again when a client did
-                # not finish in time, and a callback that ran late read the next cycle's start as its
-                # own: the engine is ahead of the server. Wait here (silence, MIDI in kept) until the
-                # server's cycles meet the engine's time again, so it stays locked (no slip).
-                hold = True
-                self.stats.held_frames += frames
-            elif MAX_CATCH_UP_FRAMES < gap < 0x80000000:
-                self.stats.slipped_frames += gap
-            if not hold:
-                self._jack_next_cycle = (cycle + frames) & 0xFFFFFFFF
-            taken = 0
-            external = self.settings.clock == "external"
-            # After an xrun JACK2 can hand liveart MIDI it has already read (RepeatedMidi says how).
-            for offset, message in self._jack_repeats.read(cycle, jio.midi_in.incoming_midi_events()):
-                self.stats.input_messages += 1
-                if not message:
-                    continue
-                if message[0] >= 0xF0:
-                    if external:
-                        self._control.append((start + offset, message))
-                    continue
-                taken += 1
-                if taken > MAX_EVENTS_PER_BLOCK and not _is_note_off(message):
-                    self.stats.input_dropped += 1  # a flood: note-offs always go through
-                    continue
-                self._schedule_input(start + offset, message)
-            if hold:
-                for p in jio.audio_out:
-                    p.get_array().fill(0.0)
-                jio.midi_out.clear_buffer()
-                self._timed(t0)
-                return
-            out = self._jack_buffer[:frames]
-            self._block(start, frames, out)
-            jio.audio_out[0].get_array()[:] = out[:, 0]
-            jio.audio_out[1].get_array()[:] = out[:, 1]
-            port = jio.midi_out
-            port.clear_buffer()
-            ready = self._out_ready
-            while ready:  # panic and the final note-offs: at once (what does not fit, next cycle)
-                _frame, message = ready.popleft()
-                messages = self._out_messages(message)
-                for i, m in enumerate(messages):
-                    buffer = port.reserve_midi_event(0, len(m))
-                    if not buffer:  # the port's buffer is full
-                        ready.appendleft((0, list(messages[i:])))
-                        break
-                    buffer[:] = bytes(m)
-                else:
-                    continue
-                break
-            pending = self._out_pending
-            end = start + frames
-            last = 0
-            while pending and pending[0][0] < end:
-                frame, message = pending.popleft()
-                last = max(last, frame - start)  # JACK wants offsets in order
-                for m in self._out_messages(message):
-                    port.write_midi_event(last, m)
-        except Exception as e:
-            for p in jio.audio_out:
-                p.get_array().fill(0.0)
-            self._audio_failed(e)
-        self._timed(t0)
-
-    def _out_messages(self, message):
-        """What goes out for a queued message: itself, or for a marker the note-offs of every note
-        liveart sent that still sounds (each with its own note-off: some gear ignores CC 123)."""
-        sounding = self._sounding_out
-        if message == "panic":
-            offs = [(0x80 | channel, note, 0) for channel, note in sorted(sounding)]
-            sounding.clear()
-            return offs
-        if message == "all off":  # the end: every note ever sent gets a note-off, in case one got lost
-            offs = [(0x80 | channel, note, 0) for channel, note in sorted(self._ever_out)]
-            sounding.clear()
-            return offs
-        if message == "quit":
-            return ()
-        if isinstance(message, list):  # the rest of a long list of note-offs (a full JACK buffer)
-            return message
-        kind = message[0] & 0xF0
-        if kind == 0x90 and message[2] > 0:
-            sounding.add((message[0] & 0x0F, message[1]))
-            self._ever_out.add((message[0] & 0x0F, message[1]))
-        elif kind in (0x80, 0x90):
-            sounding.discard((message[0] & 0x0F, message[1]))
-        return (message,)
+    def _all_off_messages(self) -> list[list[int]]:
+        """A note-off for every note liveart ever sent out (some gear ignores CC 123)."""
+        return [[0x80 | int(c), int(n), 0] for c, n in zip(*np.nonzero(self.rt.live.ever_out))]
 
     def _audio_failed(self, e: BaseException) -> None:
         if self._error is None:
@@ -568,8 +398,8 @@ class LiveHost:
 
     # ------------------------------------------------------------------ the conductor
     def _frame_now(self) -> float:
-        start, t0, _n = self._published
-        return start + (time.perf_counter() - t0) * self.sample_rate
+        start, t0_us, _n = self.rt.published()
+        return start + (self._clock_us() - t0_us) * 1e-6 * self.sample_rate
 
     def _conductor(self) -> None:
         raise_priority()
@@ -592,8 +422,10 @@ class LiveHost:
             if internal else ClockFollower(sr)
         self.clock = clock
         send_clock = internal and self.midi_out is not None
+        out = self.rt.out
+        control = self.rt.control
         if send_clock:
-            self._out_pending.append((clock.start_frame, (CLOCK_START,)))
+            out.push(_message_row(clock.start_frame, (CLOCK_START,)))
         ticks_until = clock.start_frame if internal else 0
         last_frame = -1  # the frame of the last step played
         base = 0  # partner step = clock position + base (the partner's steps only increase)
@@ -606,9 +438,8 @@ class LiveHost:
             horizon = now + 2 * self.block_frames + lead
             batch: list[tuple[int, tuple]] = []
             # -- input: the player's notes, controllers, the external clock
-            control = self._control
-            while control:
-                frame, message = control.popleft()
+            for row in control.pop_many():
+                frame, message = int(row[0]), tuple(int(x) for x in row[2 : 2 + row[1]])
                 status = message[0]
                 if status >= 0xF0:
                     what = clock.feed(frame, message)
@@ -664,7 +495,8 @@ class LiveHost:
                     self._generated(to_events(actions, frame, chan))
             if batch:
                 batch.sort(key=lambda x: x[0])
-                self._out_pending.extend(batch)
+                for f, message in batch:
+                    out.push(_message_row(f, message))
             # -- sleep until the next thing to do
             wait = CONDUCTOR_POLL_SECONDS
             if partner is not None:
@@ -676,13 +508,14 @@ class LiveHost:
         if partner is not None:
             self._generated(to_events(partner.finish(), int(self._frame_now()) + self.block_frames, chan))
         if send_clock:
-            self._out_pending.append((int(self._frame_now()), (CLOCK_STOP,)))
+            out.push(_message_row(int(self._frame_now()), (CLOCK_STOP,)))
 
     def _generated(self, events: list[ev.Event]) -> None:
+        """The model's notes (conductor thread): into the cycle's ring, and out as MIDI at their frames."""
         for e in events:
-            self._gen.append(e)
+            self.rt.host.push([e.frame, e.kind, e.channel, e.a, e.b])
             if self.midi_out is not None:
-                self._out_pending.append((e.frame, _message_of(e)))
+                self.rt.out.push(_message_row(e.frame, _message_of(e)))
             if e.kind == ev.NOTE_ON:
                 self.stats.generated_notes += 1
 
@@ -715,11 +548,10 @@ class LiveHost:
 
             frame = int(self._frame_now()) if frame is None else frame
             for e in to_events(self.partner.panic(), frame, self.melody_channel):
-                self._gen.append(e)
-        self._gen.append(_PANIC)
+                self.rt.host.push([e.frame, e.kind, e.channel, e.a, e.b])
+        self.rt.host.push([0, cb.PANIC, 0, 0, 0])
         if self.midi_out is not None:
-            self._out_ready.append((0, "panic"))
-            self._wake_sender()
+            self.rt.now.push([0, cb.OFFS_SOUNDING, 0, 0, 0])
 
     # ------------------------------------------------------------------ the MIDI sender
     def _wake_sender(self) -> None:
@@ -746,8 +578,11 @@ class LiveHost:
                     if message == "pause":  # between the sends of the final note-offs
                         time.sleep(FINAL_NOTE_OFF_GAP_SECONDS)
                         continue
-                    for m in self._out_messages(message):
-                        out.send_message(list(m))
+                    if message == "all off":
+                        for m in self._all_off_messages():
+                            out.send_message(m)
+                        continue
+                    out.send_message(list(message))
         except Exception as e:
             self._fail(f"MIDI output: {type(e).__name__}: {e}")
 
@@ -776,13 +611,12 @@ class LiveHost:
         self.stats.cpu_awake = awake is not None
         started = time.perf_counter()
         try:
+            self._worker_wake = self.timbre_worker.wake if self.timbre_worker is not None else None
             if self.jack is not None:
-                self._jack_buffer = np.zeros((MAX_BLOCK_FRAMES, 2), np.float32)
-                self._jack_scratch = np.zeros((MAX_CATCH_UP_FRAMES, 2), np.float32)
-                self._jack_next_cycle = None
-                self._jack_repeats = RepeatedMidi(MAX_EVENTS_PER_BLOCK)
-                self.jack.start(self._jack_process)
+                self.jack.start(self.engine, self.rt)
             else:
+                self._pa_rows = np.zeros((MAX_INBOX, cb.MSG), np.int64)
+                self._pa_out = np.zeros((256, cb.MSG), np.int64)
                 import sounddevice as sd
 
                 try:
@@ -799,6 +633,10 @@ class LiveHost:
             self._start_thread(self._conductor, "liveart-conductor")
             if self.display is not None:
                 self._start_thread(self._feed_display, "liveart-visual-feed")
+            if self.jack is not None and self.timbre_worker is not None:
+                # The compiled callback cannot wake the worker: it looks for requests often.
+                self.timbre_worker.POLL_SECONDS = min(self.timbre_worker.POLL_SECONDS,
+                                                      0.5 * self.block_frames / self.sample_rate)
             main_priority = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
             raise_priority()
             try:
@@ -852,19 +690,18 @@ class LiveHost:
     def _feed_display(self) -> None:
         """What the engine played, to the visual display's process, batched every few milliseconds:
         the onsets, the loudness (RMS over the blocks) and the timbre places when a note began."""
-        feed, display = self._visual_feed, self.display
+        feed, display = self.rt.visual, self.display
         while not self._stop.wait(VISUAL_FEED_SECONDS):
-            if not feed:
+            rows = feed.pop_many()
+            if not len(rows):
                 continue
-            onsets, energy, blocks, first = [], 0.0, 0, None
-            while feed:
-                start, end, rms, block_onsets = feed.popleft()
-                first = start if first is None else first
-                onsets.extend(block_onsets)
-                energy += rms * rms
-                blocks += 1
+            onsets = [tuple(int(x) for x in r[3:7]) for r in rows if r[3] >= 0]
+            blocks = {}  # (start, end) → rms: one row per onset, the block's figures repeated
+            for r in rows:
+                blocks[(int(r[0]), int(r[1]))] = float(r[2])
+            energy = sum(x * x for x in blocks.values())
             places = self.engine.state.timbre_positions
-            display.feed(first, end, (energy / blocks) ** 0.5, onsets,
+            display.feed(int(rows[0, 0]), int(rows[-1, 1]), (energy / len(blocks)) ** 0.5, onsets,
                          np.array(places) if onsets and places is not None else None)
 
     def _poll_inputs(self) -> None:
@@ -885,10 +722,11 @@ class LiveHost:
 
     def _release_input_notes(self) -> None:
         frame = int(self._frame_now()) + self.block_frames
-        for channel, note in zip(*np.nonzero(self._input_held)):
-            self._inbox.append((frame, [0x80 | int(channel), int(note), 0]))
+        main = self.rt.main
+        for channel, note in zip(*np.nonzero(self.rt.live.held_keys)):
+            main.push([frame, ev.NOTE_OFF, int(channel), int(note), 0])
         for channel in range(16):  # and the sustain pedal, in case it was down
-            self._inbox.append((frame, [0xB0 | channel, ev.CC_SUSTAIN, 0]))
+            main.push([frame, ev.CONTROL_CHANGE, channel, ev.CC_SUSTAIN, 0])
 
     def _note(self, text: str) -> None:
         if self.settings.status:
@@ -896,19 +734,23 @@ class LiveHost:
         self.out.write(f"liveart: {text}\n")
         self.out.flush()
 
+    def _take_played(self) -> None:
+        for row in self.rt.played.pop_many():
+            self.take.add(int(row[0]), bytes(int(x) for x in row[2 : 2 + row[1]]))
+
     def _flush_take(self) -> None:
         if self.take is None:
             return
-        record = self._record
-        while record:
-            frame, message = record.popleft()
-            self.take.add(frame, message)
-        self.take.flush(self._published[0])
+        self._take_played()
+        self.take.flush(self.rt.published()[0])
 
     def timing(self) -> dict:
         """Figures of the callback, the models and the queues so far."""
+        self._sync_stats()
         n = min(self.stats.callbacks, TIMING_HISTORY)  # the ring is full once n == TIMING_HISTORY
-        d = self._durations[:n] * 1e3 if n else np.zeros(1)
+        live = self.rt.live
+        d = live.durations[:n] * 1e-3 if n else np.zeros(1)
+        wake = live.wake_frames[:n]
         block_ms = self.block_frames / self.sample_rate * 1e3
         melody = np.array(self._melody_ms) if self._melody_ms else np.zeros(1)
         worker = self.timbre_worker
@@ -920,12 +762,19 @@ class LiveHost:
             "melody_step_ms_p50": float(np.percentile(melody, 50)), "melody_step_ms_p99": float(np.percentile(melody, 99)),
             "timbre_decode_ms_p99": float(np.percentile(decode, 99)),
             "timbre_late_frames": self.engine.stats.timbre_late,
-            "callback_start_frames_p99": float(np.percentile(self._wake_frames[:n], 99)) if n else 0.0,
-            "callback_start_frames_max": int(self._wake_frames[:n].max()) if n else 0,
+            "callback_start_frames_p99": float(np.percentile(wake, 99)) if n else 0.0,
+            "callback_start_frames_max": int(wake.max()) if n else 0,
             "callbacks_over_period": int(np.count_nonzero(
-                self._wake_frames[:n] + self._durations[:n] * self.sample_rate > self.block_frames)) if n else 0, "engine_late_events": self.engine.stats.late_events,
+                wake + live.durations[:n] * 1e-6 * self.sample_rate > self.block_frames)) if n else 0,
+            "engine_late_events": self.engine.stats.late_events,
             "voices": self.engine.sounding_voices(),
         }
+
+    def _sync_stats(self) -> None:
+        """The cycle's counters into :attr:`stats`."""
+        for name, value in self.rt.counters().items():
+            setattr(self.stats, name, value)
+        self.stats.input_dropped += self._inbox_dropped
 
     def _print_status(self, elapsed: float) -> None:
         t = self.timing()
@@ -956,10 +805,12 @@ class LiveHost:
             audio_ok = self.jack.active and not self.jack.shutdown_reason
         else:
             audio_ok = self.stream is not None and self.stream.active
-        self._gen.append(_RELEASE_ALL)
+        rt = self.rt
+        if rt is not None:
+            rt.main.push([0, cb.RELEASE_ALL, 0, 0, 0])
         if audio_ok:  # let the audio play the note-offs and the releases
             deadline = time.perf_counter() + STOP_RELEASE_SECONDS
-            while time.perf_counter() < deadline and (self._gen or self.engine.sounding_voices()):
+            while time.perf_counter() < deadline and (len(rt.main) or self.engine.sounding_voices()):
                 time.sleep(0.01)
         if self.jack is not None:
             # The last note-offs go out through the process callback, then the client closes. JACK
@@ -967,14 +818,14 @@ class LiveHost:
             # FINAL_NOTE_OFF_GAP_CALLBACKS callbacks apart (a receiver that drops a buffer read
             # again, as RepeatedMidi does, still sees each send as new).
             deadline = time.perf_counter() + 0.5
+            callbacks = lambda: int(rt.ls[cb.L_CALLBACKS])  # noqa: E731
             for i in range(FINAL_NOTE_OFF_SENDS):
-                after = self.stats.callbacks + (FINAL_NOTE_OFF_GAP_CALLBACKS if i else 0)
-                while audio_ok and self.stats.callbacks < after and time.perf_counter() < deadline:
+                after = callbacks() + (FINAL_NOTE_OFF_GAP_CALLBACKS if i else 0)
+                while audio_ok and callbacks() < after and time.perf_counter() < deadline:
                     time.sleep(0.002)
-                self._out_ready.append((0, "all off"))
-                while audio_ok and self._out_ready and time.perf_counter() < deadline:
+                rt.now.push([0, cb.OFFS_EVER, 0, 0, 0])
+                while audio_ok and rt.offs_pending() and time.perf_counter() < deadline:
                     time.sleep(0.002)
-            self._out_ready.clear()
             self.jack.close()
         if self.stream is not None:
             try:
@@ -982,10 +833,13 @@ class LiveHost:
                 self.stream.close()
             except Exception:
                 pass
-        if self.jack is None:
+        if self.jack is None and rt is not None:
             # Whatever the audio did not get to play is still sent: no note left hanging out there.
-            while self._out_pending:
-                self._out_ready.append(self._out_pending.popleft())
+            for row in rt.out.pop_many():
+                message = tuple(int(x) for x in row[2 : 2 + row[1]])
+                if len(message) == 3 and message[0] & 0xF0 == 0x90 and message[2]:
+                    rt.live.ever_out[message[0] & 0x0F, message[1]] = 1  # (the audio has stopped: no race)
+                self._out_ready.append((0, message))
             for i in range(FINAL_NOTE_OFF_SENDS):  # (python-rtmidi's JACK port can lose a cycle too)
                 if i:
                     self._out_ready.append((0, "pause"))
@@ -997,16 +851,14 @@ class LiveHost:
         if self.jack is None and self.midi_out is not None and not any(
                 t.name == "liveart-midi-out" and t.is_alive() for t in self._threads):
             try:  # the sender never ran (or died): its last note-offs are sent here
-                for m in self._out_messages("all off"):
-                    self.midi_out.send_message(list(m))
+                for m in self._all_off_messages():
+                    self.midi_out.send_message(m)
             except Exception:
                 pass
         end_frame = self.engine.frame
         if self.take is not None:
             try:
-                while self._record:
-                    frame, message = self._record.popleft()
-                    self.take.add(frame, message)
+                self._take_played()
                 self.take.close(end_frame)
             except Exception as e:
                 self._error = self._error or f"saving the take: {e}"
@@ -1020,9 +872,7 @@ class LiveHost:
     def _write_log(self, end_frame: int) -> None:
         if self.log_path is None:
             return
-        repeats = getattr(self, "_jack_repeats", None)  # (counted there, not copied in every callback)
-        if repeats is not None:
-            self.stats.repeated_input, self.stats.repeated_input_moved = repeats.count, repeats.moved
+        self._sync_stats()
         log = {"seconds": end_frame / self.sample_rate, "stop": self._stop_reason, "error": self._error,
                "stats": asdict(self.stats), "timing": self.timing(), "take": str(self.take.path),
                "device": f"{self.device['hostapi_name']}: {self.device['name']}", "midi_api": self.midi_api,
@@ -1128,19 +978,27 @@ class JackIO:
         self.input_name = name
         self.port_name = self.find(name, midi=True, output=True, what="MIDI input")[0]  # (a port that sends to us)
 
-    def start(self, process) -> None:
+    def start(self, engine, rt) -> None:
+        """Activate with the compiled process callback (:mod:`liveart.realtime.jack`) running
+        ``engine`` with the cycle state ``rt``; it never takes the GIL."""
+        from ..realtime import jackapi
+        from ..realtime.jack import JackIo, process
+
         client = self.client
-        self._process = None
-        client.set_process_callback(self._run)
+        self.io = JackIo(engine, rt.live)
+        self.io.set_ports(None, None, None, None, None)
+        jackapi.set_process_callback(client, process, self.io.address)
         client.set_xrun_callback(self._on_xrun)
         client.set_shutdown_callback(self._on_shutdown)
+        self.io.set_ports(client, None, None, None, None)
         client.activate()
         self.active = True
-        # Registered once active, so that a port that can be seen can be connected to.
+        # Registered once active, so that a port that can be seen can be connected to; the callback
+        # uses a port once its address is in the table.
         self.audio_out = [client.outports.register(f"out_{i}") for i in range(2)]
         self.midi_out = client.midi_outports.register("midi_out")
         self.midi_in = client.midi_inports.register("midi_in")
-        self._process = process
+        self.io.set_ports(client, self.midi_in, self.midi_out, *self.audio_out)
         targets = self.audio_targets
         if targets is None:
             targets = [p.name for p in client.get_ports(is_audio=True, is_input=True, is_physical=True)]
@@ -1151,11 +1009,6 @@ class JackIO:
         if self.port_name is not None:
             client.connect(self.port_name, self.midi_in)
             self.status.connected = True
-
-    def _run(self, frames: int) -> None:
-        process = self._process
-        if process is not None:
-            process(frames)
 
     def _on_xrun(self, delayed_usecs: float) -> None:
         self.xruns += 1

@@ -86,3 +86,33 @@ def address_as_voidptr(typingctx, address):
         return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
 
     return types.voidptr(address), codegen
+
+
+_LLVM_TYPES = {"void": ir.VoidType(), "i32": ir.IntType(32), "i64": ir.IntType(64)}
+_NUMBA_TYPES = {"void": types.void, "i32": types.uint32, "i64": types.int64}
+
+
+def c_caller(ret: str, *args: str):
+    """An intrinsic ``call(address, *values)`` calling the C function at ``address`` (an integer)
+    with the given signature: ``ret`` and ``args`` each 'i32' (a 32-bit unsigned), 'i64' (a 64-bit
+    integer or a pointer: the same registers in the x86-64 and AArch64 C calling conventions) or
+    'void' (ret only). Unlike a ctypes function object, it leaves the caller cacheable: the address
+    is data, not a constant compiled in."""
+    fnty = ir.FunctionType(_LLVM_TYPES[ret], [_LLVM_TYPES[a] for a in args])
+
+    def typer(typingctx, address, *values):
+        def codegen(context, builder, signature, llargs):
+            fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+            cast = [context.cast(builder, v, t, _NUMBA_TYPES[a])
+                    for v, t, a in zip(llargs[1:], signature.args[1:], args)]
+            result = builder.call(fn, cast)
+            return context.get_dummy_value() if ret == "void" else result
+
+        return _NUMBA_TYPES[ret](address, *values), codegen
+
+    # An intrinsic's arguments must be named: one definition per arity.
+    names = ", ".join(f"a{i}" for i in range(len(args)))
+    namespace = {"typer": typer}
+    exec(f"def call(typingctx, address{', ' if names else ''}{names}):\n"
+         f"    return typer(typingctx, address{', ' if names else ''}{names})\n", namespace)
+    return intrinsic(namespace["call"])

@@ -10,7 +10,8 @@ ctypes function objects that numba calls directly in nopython mode:
 - ``midi_event_count(buffer)``, ``midi_event_get(event, buffer, index)``: read MIDI with frame
   offsets into a preallocated :data:`EVENT_WORDS` int64 array (jack_midi_event_t: time, size, data);
 - ``midi_clear_buffer(buffer)``, ``midi_event_write(buffer, offset, data, size)``: write MIDI;
-- ``last_frame_time(client)``: the cycle's first frame.
+- ``last_frame_time(client)``: the cycle's first frame; ``frame_time(client)``: the frame now;
+  ``get_time()``: microseconds now.
 
 The client and its ports are made with JACK-Client (module ``jack``), off the real-time thread;
 :func:`set_process_callback` hands libjack the cfunc before the client is activated.
@@ -63,6 +64,8 @@ midi_event_get = _function("jack_midi_event_get", ctypes.c_int, _vp, ctypes.c_si
 midi_clear_buffer = _function("jack_midi_clear_buffer", None, ctypes.c_size_t)
 midi_event_write = _function("jack_midi_event_write", ctypes.c_int, ctypes.c_size_t, _u32, _vp, ctypes.c_size_t)
 last_frame_time = _function("jack_last_frame_time", _u32, ctypes.c_size_t)
+frame_time = _function("jack_frame_time", _u32, ctypes.c_size_t)
+get_time = _function("jack_get_time", ctypes.c_uint64)
 _set_process_callback = _function("jack_set_process_callback", ctypes.c_int, _vp, _vp, _vp)
 
 
