@@ -11,6 +11,7 @@ clock's grid; nothing hangs; the take replays.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,12 +61,12 @@ def probe(server):
 class Live:
     """A `liveart play` process on the test's JACK server."""
 
-    def __init__(self, server, tmp_path: Path, *args: str):
+    def __init__(self, server, tmp_path: Path, *args: str, env: dict | None = None):
         self.takes = tmp_path / "takes"
         self.argv = [sys.executable, "-m", "liveart", "play", "--midi-api", "jack", "--no-status",
                      "--takes", str(self.takes), *args]
-        self.proc = subprocess.Popen(self.argv, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(self.argv, env={**server.env, **(env or {})}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         self.stderr = ""
 
     def wait_ports(self, probe, virtual: bool = True) -> tuple[str | None, list[str]]:
@@ -182,6 +183,36 @@ def test_unknown_ports_and_devices_are_one_line_errors(server, probe, tmp_path):
 
 
 # ----------------------------------------------------------------------------- a performance
+def test_the_audio_never_waits_for_the_gil(server, probe, tmp_path):
+    """A thread inside liveart holds the GIL 100 ms at a time, 10 ms apart (a test-only switch),
+    while the probe plays notes: the JACK callback is compiled and never takes the GIL, so the
+    callbacks run on through every hold and every note sounds within a period and half a millisecond."""
+    live = Live(server, tmp_path, "--virtual", "--no-melody", env={"LIVEART_TEST_GIL_HOG_MS": os.environ.get("HOGMS", "100")})
+    try:
+        midi_in, audio = live.wait_ports(probe)
+        probe.connect_midi_to(midi_in)
+        xruns_before = probe.xruns
+        result = jackprobe.measure_latency(probe, None, audio, notes=40, note=67, velocity=100,
+                                           spacing_frames=int(0.4 * SR))
+        xruns = probe.xruns - xruns_before
+    finally:
+        rc = live.stop()
+    assert rc == 0 and "Traceback" not in live.stderr, live.stderr
+    log = live.log()
+    holds = log["gil_hog"]["callbacks_per_hold"]
+    # A callback that needed the GIL would run at most once a hold; 37.5 periods fit in 100 ms (the
+    # dummy driver itself can run behind real time on a noisy VM: the median is judged).
+    assert len(holds) > 40 and np.median(holds) >= 0.6 * 0.1 * SR / PERIOD, holds
+    assert result.missed <= xruns, result.summary()
+    timed = ~result.near_xrun(4 * PERIOD, 16 * PERIOD)
+    if timed.sum() < 0.4 * len(timed):
+        pytest.skip(f"latency not judged: {timed.sum()} of {len(timed)} notes away from the {xruns} xruns "
+                    f"(callbacks per hold {np.median(holds)})")
+    latencies = np.array([v for v, ok in zip(result.latencies_frames, timed) if ok], dtype=float)
+    assert not np.isnan(latencies).any(), result.summary()
+    assert np.percentile(latencies, 99) <= PERIOD + 0.0005 * SR, (sorted(latencies)[-5:], result.summary())
+
+
 def test_live_performance_notes_model_clock_take(server, probe, tmp_path):
     """One minute of playing with the melody model generating (free mode, internal clock) and every
     channel decoded by the timbre model: the player's notes all sound within a few periods, the

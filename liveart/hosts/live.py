@@ -70,6 +70,9 @@ MAX_BLOCK_FRAMES = 8192
 MAX_CATCH_UP_FRAMES = cb.MAX_CATCH_UP_FRAMES  # after an xrun, the JACK backend renders up to this many missed frames unheard
 CLOCK_START, CLOCK_TICK, CLOCK_CONTINUE, CLOCK_STOP, SONG_POSITION = 0xFA, 0xF8, 0xFB, 0xFC, 0xF2
 DRUM_CHANNEL = 9
+# Tests only: a thread inside liveart holds the GIL this many milliseconds at a time, 10 ms apart, to
+# show that the audio never waits for it (the log's "gil_hog" says how many callbacks ran in each hold).
+GIL_HOG_ENV = "LIVEART_TEST_GIL_HOG_MS"
 
 
 @dataclass
@@ -633,6 +636,9 @@ class LiveHost:
             self._start_thread(self._conductor, "liveart-conductor")
             if self.display is not None:
                 self._start_thread(self._feed_display, "liveart-visual-feed")
+            if os.environ.get(GIL_HOG_ENV):
+                self._gil_holds: list[int] = []
+                self._start_thread(self._gil_hog, "liveart-test-gil-hog")
             if self.jack is not None and self.timbre_worker is not None:
                 # The compiled callback cannot wake the worker: it looks for requests often.
                 self.timbre_worker.POLL_SECONDS = min(self.timbre_worker.POLL_SECONDS,
@@ -686,6 +692,20 @@ class LiveHost:
             elif self.stream is not None and not self.stream.active:
                 self._fail("the audio stream stopped (the audio device went away?)")
             self._stop.wait(0.05)
+
+    def _gil_hog(self) -> None:
+        """Tests: hold the GIL for GIL_HOG_ENV milliseconds at a time (a C call made without
+        releasing it), counting the callbacks that ran meanwhile."""
+        import ctypes
+
+        usleep = ctypes.PyDLL(None).usleep
+        usleep.argtypes = [ctypes.c_uint]
+        hold_us = int(float(os.environ[GIL_HOG_ENV]) * 1000)
+        ls = self.rt.ls
+        while not self._stop.wait(0.01):
+            before = int(ls[cb.L_CALLBACKS])
+            usleep(hold_us)
+            self._gil_holds.append(int(ls[cb.L_CALLBACKS]) - before)
 
     def _feed_display(self) -> None:
         """What the engine played, to the visual display's process, batched every few milliseconds:
@@ -880,6 +900,8 @@ class LiveHost:
                "inputs": [{"port": i.port_name, **asdict(i.status)} for i in self._all_inputs()]}
         if self.timbre_worker is not None:
             log["timbre_failures"] = self.timbre_worker.failures
+        if hasattr(self, "_gil_holds"):
+            log["gil_hog"] = {"hold_ms": float(os.environ[GIL_HOG_ENV]), "callbacks_per_hold": self._gil_holds}
         if self.display is not None:
             figures = self.display.status()
             if figures is not None:
