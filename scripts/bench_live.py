@@ -2,7 +2,7 @@
 """Endurance of the live host on JACK: xruns and timing over a long run with everything active.
 
     .venv/bin/python scripts/bench_live.py [--seconds 600] [--period 64] [--voices 16] [--backend jack]
-    .venv/bin/python scripts/bench_live.py --target fluidsynth   # the anchor, under the same client
+                                           [--target both|liveart|fluidsynth] [--gil-hog MS]
 
 A private jackd (dummy backend, 48 kHz, ``--period`` frames) runs ``liveart play --virtual --mode free``
 (the melody model generating all along, every channel decoded by the timbre model, the take saved);
@@ -11,8 +11,10 @@ the JACK test client of :mod:`liveart.testing.jackprobe` holds chords of ``--voi
 xruns the server reports. At the end liveart's own log gives the callback's timing, late model notes
 and timbre frames. ``--target fluidsynth`` plays the same chords into FluidSynth (``-a jack -m
 jack``, FluidR3_GM, started as scripts/bench_latency.py starts it) for the xruns of a C synth on the
-same server. Prints one block of figures; nothing is asserted (the targets live in
-docs/benchmarks.md).
+same server; ``--target both`` (the default) runs FluidSynth, then liveart, on the same server and
+prints both. ``--gil-hog MS`` makes a thread inside liveart hold the GIL MS milliseconds at a time
+(10 ms apart), and prints how many callbacks ran during each hold. Prints one block of figures per
+target; nothing is asserted (the targets live in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def main(argv=None) -> int:
     parser.add_argument("--voices", type=int, default=16)
     parser.add_argument("--backend", default="jack", choices=("jack", "portaudio"))
     parser.add_argument("--patch", default="default")
-    parser.add_argument("--target", default="liveart", choices=("liveart", "fluidsynth"))
+    parser.add_argument("--target", default="both", choices=("both", "liveart", "fluidsynth"))
+    parser.add_argument("--gil-hog", type=float, metavar="MS", default=None,
+                        help="a thread inside liveart holds the GIL this many milliseconds at a time")
     parser.add_argument("--liveart-args", default="", help="more arguments to 'liveart play' (e.g. '--no-melody')")
     parser.add_argument("--visual", type=Path, metavar="MODEL.onnx", default=None,
                         help="liveart also shows the visualizer (this generator) in a headless Chromium")
@@ -56,7 +60,7 @@ def main(argv=None) -> int:
     sr = 48000
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, JackServer(sample_rate=sr, period=args.period) as server, \
             Probe("endurance-probe") as probe:
-        if args.target == "fluidsynth":
+        if args.target in ("fluidsynth", "both"):
             target = fluidsynth_target(server, DEFAULT_SOUNDFONT)
             with running(target, server, Path(tmp)) as (proc, _log):
                 midi_in = probe.wait_for_port(target.midi_port, timeout_s=60, is_midi=True, is_input=True,
@@ -67,8 +71,11 @@ def main(argv=None) -> int:
                 alive = proc.poll() is None
             print(f"fluidsynth, period {args.period} frames ({1000 * args.period / sr:.2f} ms), {args.voices - 1} "
                   f"voices, {minutes:.1f} min{'' if alive else ' (it exited during the run)'}")
-            print(f"xruns (server, during the run): {xruns}")
-            return 0 if alive else 1
+            print(f"xruns (server, during the run): {xruns}", flush=True)
+            if not alive:
+                return 1
+            if args.target == "fluidsynth":
+                return 0
         argv = [sys.executable, "-m", "liveart", "play", "--backend", args.backend, "--midi-api", "jack", "--virtual",
                 "--mode", "free", "--no-status", "--patch", args.patch, "--takes", tmp, *shlex.split(args.liveart_args)]
         url = None
@@ -76,7 +83,10 @@ def main(argv=None) -> int:
             port = free_port()
             argv += ["--visual", "--visual-model", str(args.visual), "--visual-port", str(port)]
             url = f"http://127.0.0.1:{port}/"
-        proc = subprocess.Popen(argv, env=server.env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        env = dict(server.env)
+        if args.gil_hog:
+            env["LIVEART_TEST_GIL_HOG_MS"] = str(args.gil_hog)
+        proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
         midi_in = probe.wait_for_port(r"^liveart(:midi_in| in:)", timeout_s=60, is_midi=True, is_input=True,
                                       process=proc)
         probe.connect_midi_to(midi_in)
@@ -105,6 +115,11 @@ def main(argv=None) -> int:
         print(visual)
     print(f"timbre frames late {t['timbre_late_frames']}, decode p99 {t['timbre_decode_ms_p99']:.2f} ms; "
           f"frames caught up after xruns {st['caught_up_frames']}, slipped {st['slipped_frames']}")
+    if "gil_hog" in log:
+        holds = np.array(log["gil_hog"]["callbacks_per_hold"])
+        expected = log["gil_hog"]["hold_ms"] * 1e-3 * sr / args.period
+        print(f"GIL held {log['gil_hog']['hold_ms']:g} ms at a time, {len(holds)} times: callbacks per hold "
+              f"min/median {holds.min()}/{np.median(holds):.0f} (a period every {expected:.1f} per hold)")
     return 0
 
 

@@ -205,3 +205,164 @@ def test_a_compiled_callback_reads_midi_at_its_offsets_while_the_gil_is_held():
     assert set(rows[:, 1].tolist()) == {offset}
     assert np.all(np.diff(on[:, 3]) > 0) and set(on[:, 3].tolist()) <= set(range(40, 40 + notes))
     assert np.all(np.diff(rows[:, 0]) >= 0)
+
+
+# ------------------------------------------------------------------ the live cycle, on a fake backend
+from liveart.engine import Engine  # noqa: E402
+from liveart.hosts.realtime import RepeatedMidi  # noqa: E402
+from liveart.realtime import callback as cb  # noqa: E402
+from liveart.realtime.fake import FakeBackend  # noqa: E402
+
+from .conftest import make_patch  # noqa: E402
+
+NOTE_ON, NOTE_OFF = bytes([0x90, 60, 100]), bytes([0x80, 60, 0])
+
+
+def fake(conductor: bool = False) -> FakeBackend:
+    engine = Engine(make_patch("pure"), sample_rate=SR)
+    return FakeBackend(engine, cb.LiveState(conductor=conductor, external_clock=False), period=PERIOD)
+
+
+def counters(f: FakeBackend) -> dict:
+    return f.live.counters()
+
+
+def test_a_note_sounds_from_its_offset_and_is_recorded_at_its_frame():
+    f = fake()
+    f.cycle()
+    audio, _ = f.cycle([(37, NOTE_ON)])
+    assert np.all(audio[:38] == 0.0) and np.count_nonzero(audio[38:, 0]) > 80
+    assert f.played() == [(PERIOD + 37, NOTE_ON)]
+
+
+def test_a_buffer_handed_again_is_dropped_and_counted():
+    f = fake()
+    f.cycle([(10, NOTE_ON)])
+    f.cycle([(10, NOTE_ON)])  # the next callback reads the same buffer: a repeat
+    f.cycle([])
+    f.cycle([(10, NOTE_ON)])  # 2 callbacks on, still within the window: a repeat
+    assert [m for _f, m in f.played()] == [NOTE_ON]
+    assert counters(f)["repeated_input"] == 2
+    # A second run of a cycle: what it read the first time is a repeat, the rest is new.
+    g = fake()
+    g.cycle([(5, NOTE_ON), (9, bytes([0x90, 64, 90]))], start=1000)
+    g.cycle([(9, bytes([0x90, 64, 90])), (20, bytes([0x90, 67, 90]))], start=1000)
+    assert [m[1] for _f, m in g.played()] == [60, 64, 67]
+    assert counters(g)["repeated_input"] == 1
+
+
+def test_the_compiled_repeat_filter_agrees_with_the_python_one():
+    rng = np.random.default_rng(3)
+    f = fake()
+    python = RepeatedMidi(capacity=256, window=cb.REPEAT_WINDOW)
+    lists, start = [], 0
+    for _ in range(2000):
+        start += int(rng.choice([0, PERIOD, PERIOD, 2 * PERIOD]))  # cycles run again and skipped
+        if lists and rng.random() < 0.3:
+            messages = list(lists[int(rng.integers(max(0, len(lists) - 4), len(lists)))])  # an old buffer again
+        else:
+            messages = [(int(rng.integers(0, PERIOD)), bytes([0x90, int(rng.integers(60, 63)), 100]))
+                        for _ in range(int(rng.integers(0, 3)))]
+        lists.append(messages)
+        rows = np.array([[o, 3, *m] for o, m in messages], np.int64).reshape(-1, cb.MSG)
+        n = cb.filter_repeats(f.live.live, start, rows, len(rows))
+        kept = [(int(r[0]), bytes(int(x) for x in r[2:5])) for r in rows[:n]]
+        assert kept == python.read(start, messages)
+    assert python.count == counters(f)["repeated_input"] > 100 and python.moved == counters(f)["repeated_input_moved"]
+
+
+def test_cycles_the_server_skipped_are_caught_up_so_time_stays_locked():
+    f = fake()
+    f.cycle(start=0)
+    f.cycle(start=PERIOD)
+    f.cycle([(3, NOTE_ON)], start=4 * PERIOD)  # two cycles missed (an xrun)
+    assert f.engine.frame == 5 * PERIOD  # the engine's time is the server's again
+    assert counters(f)["caught_up_frames"] == 2 * PERIOD
+    assert f.played() == [(4 * PERIOD + 3, NOTE_ON)]
+
+
+def test_a_cycle_the_engine_already_played_is_waited_out_in_silence():
+    f = fake()
+    f.cycle([(0, NOTE_ON)], start=0)
+    for k in (1, 2):
+        f.cycle(start=k * PERIOD)
+    audio, _ = f.cycle([(7, bytes([0x90, 64, 90]))], start=2 * PERIOD)  # cycle 2 run again (a late callback)
+    assert np.all(audio == 0.0) and counters(f)["held_frames"] == PERIOD
+    assert f.engine.frame == 3 * PERIOD  # nothing rendered twice
+    audio, _ = f.cycle(start=3 * PERIOD)
+    assert np.abs(audio).max() > 0.01 and f.engine.frame == 4 * PERIOD
+    assert [m[1] for _f, m in f.played()] == [60, 64]  # MIDI read in the held cycle is kept
+
+
+def test_a_flood_keeps_every_note_off():
+    f = fake()
+    flood = [(i % PERIOD, bytes([0x90, 20 + i % 100, 90])) for i in range(150)]
+    offs = [(PERIOD - 1, bytes([0x80, 20 + i, 0])) for i in range(20)]
+    f.cycle(flood[:100] + offs + flood[100:])  # (the fake reads up to 256 rows, as the JACK callback)
+    played = f.played()
+    assert counters(f)["input_dropped"] == 150 - cb.MAX_EVENTS_PER_CYCLE
+    assert sum(m[0] == 0x90 for _f, m in played) == cb.MAX_EVENTS_PER_CYCLE
+    assert sum(m[0] == 0x80 for _f, m in played) == 20
+
+
+def test_panic_ends_every_note_sent_and_the_end_every_note_ever_sent():
+    f = fake(conductor=True)
+    rt = f.live
+    for k, note in enumerate((60, 64, 67)):
+        rt.out.push([k * 10, 3, 0x91, note, 90])  # the conductor's notes out, stamped
+    rt.out.push([40, 3, 0x81, 60, 0])
+    _audio, out = f.cycle()
+    assert [m for _o, m in out] == [bytes([0x91, n, 90]) for n in (60, 64, 67)] + [bytes([0x81, 60, 0])]
+    assert [o for o, _m in out] == [0, 10, 20, 40]  # at their offsets
+    rt.host.push([0, cb.PANIC, 0, 0, 0])
+    rt.now.push([0, cb.OFFS_SOUNDING, 0, 0, 0])
+    f.cycle([(0, NOTE_ON)], start=PERIOD)
+    _audio, out = f.cycle()  # (the panic came in the cycle before; its note-offs went out then)
+    rt.now.push([0, cb.OFFS_EVER, 0, 0, 0])
+    _audio, final = f.cycle()
+    assert sorted(m[1] for _o, m in final) == [60, 64, 67] and all(m[0] == 0x81 for _o, m in final)
+    assert f.engine.sounding_voices() == 0  # the panic cut the player's note too
+
+
+def test_panic_note_offs_go_out_in_the_cycle_of_the_panic():
+    f = fake(conductor=True)
+    rt = f.live
+    rt.out.push([0, 3, 0x91, 70, 90])
+    f.cycle()
+    rt.now.push([0, cb.OFFS_SOUNDING, 0, 0, 0])
+    _audio, out = f.cycle()
+    assert out == [(0, bytes([0x81, 70, 0]))]
+
+
+def test_more_note_offs_than_a_cycle_holds_go_out_over_the_next_cycles():
+    f = fake(conductor=True)
+    rt = f.live
+    sent = [(c, n) for c in range(3) for n in range(128)]
+    for c, n in sent:
+        rt.live.ever_out[c, n] = 1
+    rt.now.push([0, cb.OFFS_EVER, 0, 0, 0])
+    offs = []
+    for _ in range(3):
+        offs += [m for _o, m in f.cycle()[1]]
+    assert sorted((m[0] & 0x0F, m[1]) for m in offs) == sorted(sent) and not rt.offs_pending()
+
+
+def test_the_committed_unpackers_match_the_engines_state():
+    """liveart/realtime/unpack.py is generated (so that numba can cache the JACK callback): it must
+    be regenerated (python -m liveart.realtime.handles) whenever the engine's named tuples change."""
+    from pathlib import Path
+
+    from liveart.realtime import handles
+
+    committed = Path(handles.__file__).with_name("unpack.py").read_text()
+    assert committed == handles.unpacker_source(handles.engine_templates())
+
+
+def test_the_conductors_events_enter_the_take_when_they_play_not_before():
+    f = fake(conductor=True)
+    f.live.host.push([1000, 0, 1, 72, 90])  # a model note-on (engine event kind 0) due at frame 1000
+    for _ in range(1000 // PERIOD):
+        f.cycle()
+    assert f.played() == []  # still waiting in the ring: a stop now leaves it out of the take
+    f.cycle()
+    assert f.played() == [(1000, bytes([0x91, 72, 90]))]

@@ -197,9 +197,10 @@ def _event_message(lv, frame, kind, c, a, b):
 
 
 @_jit
-def _events_from(lv, s, start, header, rows):
-    """Events and markers from a Python thread's ring into the engine (one due before this cycle
-    plays late)."""
+def _events_from(lv, s, start, end, header, rows):
+    """Events and markers from a Python thread's ring into the engine, those due before ``end`` (the
+    rest wait in the ring, so that the take holds only what was played; one due before ``start``
+    plays late). A thread pushes its events in time order."""
     ls = lv.ls
     while True:
         i = ring_peek(header, rows)
@@ -207,6 +208,8 @@ def _events_from(lv, s, start, header, rows):
             return
         r = rows[i]
         frame, kind, c, a, b = r[0], r[1], r[2], r[3], r[4]
+        if frame >= end and kind != PANIC and kind != RELEASE_ALL:
+            return
         ring_release(header)
         if kind == PANIC or kind == RELEASE_ALL:
             cc = ev.CC_ALL_SOUND_OFF if kind == PANIC else ev.CC_ALL_NOTES_OFF
@@ -226,9 +229,9 @@ def _events_from(lv, s, start, header, rows):
 
 
 @_jit
-def _host_events(lv, s, start):
-    _events_from(lv, s, start, lv.host_header, lv.host)
-    _events_from(lv, s, start, lv.main_header, lv.main)
+def _host_events(lv, s, start, end):
+    _events_from(lv, s, start, end, lv.host_header, lv.host)
+    _events_from(lv, s, start, end, lv.main_header, lv.main)
 
 
 @_jit
@@ -353,7 +356,7 @@ def cycle(cfg, v, ch, s, tb, lv, start, now_us, nframes, midi_in, n_in, audio, m
     hold = False
     if 0 < gap <= MAX_CATCH_UP_FRAMES:
         catch = lv.scratch[:gap]
-        _host_events(lv, s, engine_start)
+        _host_events(lv, s, engine_start, engine_start + gap)
         blk.block(cfg, v, ch, s, tb, catch)
         _visual(lv, s, engine_start, engine_start + gap)
         ls[L_CAUGHT_UP] += gap
@@ -393,7 +396,7 @@ def cycle(cfg, v, ch, s, tb, lv, start, now_us, nframes, midi_in, n_in, audio, m
         audio[:, :] = 0.0
         ls[L_CALLBACKS] += 1
         return 0
-    _host_events(lv, s, engine_start)
+    _host_events(lv, s, engine_start, engine_start + nframes)
     blk.block(cfg, v, ch, s, tb, audio)
     _visual(lv, s, engine_start, engine_start + nframes)
     n_out = _midi_out(lv, engine_start, engine_start + nframes, midi_out)

@@ -84,7 +84,8 @@ def process(nframes, arg):
     lv = unpack_live(w[IO_LIVE])
     start = np.int64(_frame_time(w[IO_LAST_FRAME_TIME], client))
     i = lv.ls[cb.L_CALLBACKS] % cb.TIMING_HISTORY
-    lv.wake_frames[i] = (np.int64(_frame_time(w[IO_FRAME_TIME], client)) - start) & 0xFFFFFFFF
+    # How late into its cycle the callback started (signed: the estimate can lie a little before it).
+    lv.wake_frames[i] = ((np.int64(_frame_time(w[IO_FRAME_TIME], client)) - start + 0x80000000) & 0xFFFFFFFF) - 0x80000000
     rows_in = numba.carray(address_as_voidptr(w[IO_ROWS_IN]), (MIDI_ROWS, cb.MSG), np.int64)
     n_in = 0
     if w[IO_MIDI_IN] != 0:
