@@ -35,6 +35,13 @@ START_TIMEOUT_S = 60.0  # models load before the ports appear
 
 @pytest.fixture(scope="module")
 def server():
+    # The JACK callback compiles once a machine (numba caches it): here, not inside the first test's
+    # time to open its ports.
+    import liveart.realtime.jack  # noqa: F401
+    from liveart.engine import Engine
+    from liveart.patch import load_patch
+
+    Engine(load_patch("default"), SR).render(PERIOD)  # (and the engine's block, for a fresh checkout)
     with jackprobe.JackServer(sample_rate=SR, period=PERIOD) as s:
         yield s
 
