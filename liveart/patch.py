@@ -19,8 +19,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import PatchError
-from .melody.play import MODES as MELODY_MODES
-from .melody.play import PlaySettings, parse_key
+from .melody.settings import MODES as MELODY_MODES
+from .melody.settings import PlaySettings, parse_key
 from .synth.presets import BUILTIN_PRESETS, N_HARMONICS, Preset
 from .timbre.frames import MAX_OFF_SECONDS
 

@@ -45,14 +45,15 @@ from .. import events as ev
 from ..engine import Engine
 from ..errors import LiveartError, PortError
 from ..patch import Patch
+from ..midi.messages import is_note_off as _is_note_off
 from ..realtime import callback as cb
+from .conductor import Conductor, _message_row
+from .jack import JackIO
 from .realtime import hold_cpu_awake, raise_priority
 
 SWITCH_INTERVAL_SECONDS = 0.0005  # Python's GIL hand-over interval while playing (default 5 ms > a block)
 MAX_INBOX = 512  # queued input messages; beyond this a flood's note-ons are dropped (note-offs never)
 MAX_EVENTS_PER_BLOCK = cb.MAX_EVENTS_PER_CYCLE  # input events taken into one block; the rest wait for the next
-LEAD_SECONDS = 0.004  # the conductor decides a step this long (plus two blocks) before it sounds
-CONDUCTOR_POLL_SECONDS = 0.005  # the conductor looks at its input at least this often
 STATUS_SECONDS = 0.25
 STATUS_SECONDS_NOT_TTY = 10.0  # into a log file or a pipe: a line now and then, not four a second
 # Threads that take the GIL run at a real-time priority under the audio thread's where the system
@@ -68,8 +69,6 @@ FINAL_NOTE_OFF_GAP_SECONDS = 0.03  # portaudio backend: the same, in time
 STOP_RELEASE_SECONDS = 0.4  # after the final note-offs the audio runs on this long, so releases do not click
 MAX_BLOCK_FRAMES = 8192
 MAX_CATCH_UP_FRAMES = cb.MAX_CATCH_UP_FRAMES  # after an xrun, the JACK backend renders up to this many missed frames unheard
-CLOCK_START, CLOCK_TICK, CLOCK_CONTINUE, CLOCK_STOP, SONG_POSITION = 0xFA, 0xF8, 0xFB, 0xFC, 0xF2
-DRUM_CHANNEL = 9
 # Tests only: a thread inside liveart holds the GIL this many milliseconds at a time, 10 ms apart, to
 # show that the audio never waits for it (the log's "gil_hog" says how many callbacks ran in each hold).
 GIL_HOG_ENV = "LIVEART_TEST_GIL_HOG_MS"
@@ -122,33 +121,7 @@ class LiveStats:
     errors: list = field(default_factory=list)
 
 
-def _is_note_off(message) -> bool:
-    kind = message[0] & 0xF0
-    return kind == 0x80 or (kind == 0x90 and len(message) > 2 and message[2] == 0)
-
-
-def _message_of(e: ev.Event) -> tuple:
-    if e.kind == ev.NOTE_ON:
-        return (0x90 | e.channel, e.a, e.b)
-    if e.kind == ev.NOTE_OFF:
-        return (0x80 | e.channel, e.a, 0)
-    if e.kind == ev.CONTROL_CHANGE:
-        return (0xB0 | e.channel, e.a, e.b)
-    if e.kind == ev.PITCH_BEND:
-        v = e.a + 8192
-        return (0xE0 | e.channel, v & 0x7F, v >> 7)
-    if e.kind == ev.PROGRAM_CHANGE:
-        return (0xC0 | e.channel, e.a)
-    return ()
-
-
-def _message_row(frame: int, message) -> list[int]:
-    """(frame, length, three bytes): a row of the cycle's message rings."""
-    b = list(message)[:3]
-    return [frame, len(b)] + b + [0] * (3 - len(b))
-
-
-class LiveHost:
+class LiveHost(Conductor):
     """One performance. ``run()`` plays until stopped (Ctrl-C, SIGTERM, ``stop()``, the duration)
     and returns the stats; everything is opened and checked before the audio starts."""
 
@@ -403,158 +376,6 @@ class LiveHost:
     def _frame_now(self) -> float:
         start, t0_us, _n = self.rt.published()
         return start + (self._clock_us() - t0_us) * 1e-6 * self.sample_rate
-
-    def _conductor(self) -> None:
-        raise_priority()
-        try:
-            self._conduct()
-        except Exception as e:
-            self._fail(f"melody/clock thread: {type(e).__name__}: {e}")
-
-    def _conduct(self) -> None:
-        from ..midi.clock import ClockFollower, InternalClock
-        from ..melody.play import apply_control, to_events
-
-        s = self.settings
-        sr = self.sample_rate
-        partner = self.partner
-        lead = int(LEAD_SECONDS * sr)
-        internal = s.clock == "internal"
-        # The internal clock starts a little after the stream, so its first ticks go out on time.
-        clock = InternalClock(sr, s.bpm, start_frame=int(self._frame_now()) + 2 * self.block_frames + lead) \
-            if internal else ClockFollower(sr)
-        self.clock = clock
-        send_clock = internal and self.midi_out is not None
-        out = self.rt.out
-        control = self.rt.control
-        if send_clock:
-            out.push(_message_row(clock.start_frame, (CLOCK_START,)))
-        ticks_until = clock.start_frame if internal else 0
-        last_frame = -1  # the frame of the last step played
-        base = 0  # partner step = clock position + base (the partner's steps only increase)
-        rebase = True
-        partner_last = -1
-        cc_map = self.patch.cc_map()
-        chan = self.melody_channel
-        while not self._stop.is_set():
-            now = self._frame_now()
-            horizon = now + 2 * self.block_frames + lead
-            batch: list[tuple[int, tuple]] = []
-            # -- input: the player's notes, controllers, the external clock
-            for row in control.pop_many():
-                frame, message = int(row[0]), tuple(int(x) for x in row[2 : 2 + row[1]])
-                status = message[0]
-                if status >= 0xF0:
-                    what = clock.feed(frame, message)
-                    if what == "stop" and partner is not None:
-                        self._generated(to_events(partner.finish(), frame, chan))
-                    elif what in ("start", "continue", "position"):
-                        # Partner steps only increase: the song position maps on from the next step.
-                        rebase = True
-                        last_frame = -1
-                    if clock.bpm and partner is not None:
-                        partner.set_step_seconds(60.0 / (clock.bpm * 4))
-                    continue
-                kind, channel = status & 0xF0, status & 0x0F
-                if kind in (0x80, 0x90) and partner is not None and channel not in (chan, DRUM_CHANNEL):
-                    pos = clock.position_steps(frame)
-                    if pos is None:
-                        continue
-                    t = pos + base
-                    if kind == 0x90 and message[2] > 0:
-                        partner.note_on(t, message[1], message[2])
-                    else:
-                        partner.note_off(t, message[1])
-                elif kind == 0xB0:
-                    self._controller(frame, channel, message[1], message[2], cc_map, apply_control, to_events)
-            # -- the internal clock's ticks, sent out as it runs
-            if send_clock:
-                for _tick, f in clock.ticks_between(ticks_until, int(horizon)):
-                    batch.append((f, (CLOCK_TICK,)))
-                    self.stats.clock_ticks_out += 1
-                ticks_until = max(ticks_until, int(horizon))
-            # -- the model's steps due before the horizon, each once, in order (late ones play late)
-            if partner is not None:
-                while True:
-                    nxt = clock.next_step(max(last_frame + 1, int(now) - self.block_frames))
-                    if nxt is None or nxt[1] >= horizon:
-                        break
-                    pos, frame = nxt
-                    if rebase:  # a new run of the clock: its position 0 is a bar line
-                        base = partner_last + 1 - pos
-                        partner.set_meter(partner.meter, bar_origin_step=base + 0)
-                        rebase = False
-                    k = pos + base
-                    last_frame = frame
-                    if k <= partner_last:
-                        continue
-                    t_step = time.perf_counter()
-                    actions = partner.step(k)
-                    ms = (time.perf_counter() - t_step) * 1e3
-                    self._melody_ms.append(ms)
-                    self.stats.melody_steps += 1
-                    self.stats.melody_step_max_ms = max(self.stats.melody_step_max_ms, ms)
-                    partner_last = k
-                    self._generated(to_events(actions, frame, chan))
-            if batch:
-                batch.sort(key=lambda x: x[0])
-                for f, message in batch:
-                    out.push(_message_row(f, message))
-            # -- sleep until the next thing to do
-            wait = CONDUCTOR_POLL_SECONDS
-            if partner is not None:
-                nxt = clock.step_frame(int(clock.position_steps(int(now)) or 0) + 1) if clock.running else None
-                if nxt is not None:
-                    due = (nxt - 2 * self.block_frames - lead - self._frame_now()) / sr
-                    wait = min(wait, max(due, 0.0005))
-            self._stop.wait(wait)
-        if partner is not None:
-            self._generated(to_events(partner.finish(), int(self._frame_now()) + self.block_frames, chan))
-        if send_clock:
-            out.push(_message_row(int(self._frame_now()), (CLOCK_STOP,)))
-
-    def _generated(self, events: list[ev.Event]) -> None:
-        """The model's notes (conductor thread): into the cycle's ring, and out as MIDI at their frames."""
-        for e in events:
-            self.rt.host.push([e.frame, e.kind, e.channel, e.a, e.b])
-            if self.midi_out is not None:
-                self.rt.out.push(_message_row(e.frame, _message_of(e)))
-            if e.kind == ev.NOTE_ON:
-                self.stats.generated_notes += 1
-
-    def _controller(self, frame, channel, number, value, cc_map, apply_control, to_events) -> None:
-        partner = self.partner
-        if number in (ev.CC_ALL_NOTES_OFF, ev.CC_ALL_SOUND_OFF) and partner is not None:
-            self._generated(to_events(partner.panic(), frame, self.melody_channel))
-            return
-        for m in cc_map.get(number, ()):
-            if m.channel is not None and m.channel != channel:
-                continue
-            if m.param == "panic":
-                if m.value(value) >= 0.5:
-                    self.panic(frame)
-            elif m.param.startswith("melody_") and partner is not None:
-                settings, action = apply_control(partner.settings, m.param, m.value(value))
-                if action == "panic":
-                    self._generated(to_events(partner.panic(), frame, self.melody_channel))
-                elif action == "resume":
-                    partner.resume()
-                if settings != partner.settings:
-                    partner.configure(settings)
-
-    def panic(self, frame: int | None = None) -> None:
-        """Silence everything now: the model stops, every voice is cut, and every note liveart sent
-        out gets its own note-off. (Conductor thread, or before the stream starts.)"""
-        self.stats.panics += 1
-        if self.partner is not None:
-            from ..melody.play import to_events
-
-            frame = int(self._frame_now()) if frame is None else frame
-            for e in to_events(self.partner.panic(), frame, self.melody_channel):
-                self.rt.host.push([e.frame, e.kind, e.channel, e.a, e.b])
-        self.rt.host.push([0, cb.PANIC, 0, 0, 0])
-        if self.midi_out is not None:
-            self.rt.now.push([0, cb.OFFS_SOUNDING, 0, 0, 0])
 
     # ------------------------------------------------------------------ the MIDI sender
     def _wake_sender(self) -> None:
@@ -940,139 +761,6 @@ class LiveHost:
                 os.close(fd)
             except OSError:
                 pass
-
-
-class JackIO:
-    """The JACK backend's client "liveart": MIDI in "liveart:midi_in" (a DAW or a controller connects
-    to it; ``--in NAME`` connects one and follows it when it goes and comes back), MIDI out
-    "liveart:midi_out" (the model's notes and the clock, at their exact frames), audio "liveart:out_0"
-    and "liveart:out_1" (connected to the system's playback ports, or to ``audio_targets``)."""
-
-    def __init__(self, client):
-        from ..midi.ports import InputStatus
-
-        self.client = client
-        self.midi_in = self.midi_out = None  # registered at start(): ports appear once liveart is ready
-        self.audio_out: list = []
-        self.audio_targets: list[str] | None = None
-        self.midi_targets: list[str] = []
-        self.input_name: str | None = None
-        self.port_name: str | None = None  # the controller's port, once connected
-        self.status = InputStatus()
-        self.xruns = 0
-        self.shutdown_reason: str | None = None
-        self.active = False
-        self.on_xrun = None  # called on the server's notification thread
-
-    @classmethod
-    def open(cls, required: bool) -> "JackIO | None":
-        """A client on the running JACK server; None (or, ``required``, a PortError) without one."""
-        from ..midi.ports import CLIENT_NAME, quiet_stderr
-
-        try:
-            import jack
-        except (ImportError, OSError) as e:
-            if required:
-                raise PortError(f"the jack backend needs JACK-Client and libjack (pip install JACK-Client; "
-                                f"Debian: libjack-jackd2-0) ({e})") from e
-            return None
-        try:
-            with quiet_stderr():
-                client = jack.Client(CLIENT_NAME, no_start_server=True)
-        except jack.JackError as e:
-            if required:
-                raise PortError("no JACK server is running (start one, e.g. 'jackd -d alsa', or use "
-                                "--backend portaudio)") from e
-            return None
-        return cls(client)
-
-    def find(self, name: str, midi: bool, output: bool, what: str) -> list[str]:
-        """Full names of other clients' ports that ``name`` names (see
-        :func:`~liveart.midi.ports.match_names`; audio: every port of the client it names, in order)."""
-        from ..midi.ports import match_names
-
-        ports = [p.name for p in self.client.get_ports(is_midi=midi, is_audio=not midi, is_output=output,
-                                                       is_input=not output)
-                 if not p.name.startswith(self.client.name + ":")]
-        return match_names(ports, name, what, several=not midi)
-
-    def want_input(self, name: str) -> None:
-        self.input_name = name
-        self.port_name = self.find(name, midi=True, output=True, what="MIDI input")[0]  # (a port that sends to us)
-
-    def start(self, engine, rt) -> None:
-        """Activate with the compiled process callback (:mod:`liveart.realtime.jack`) running
-        ``engine`` with the cycle state ``rt``; it never takes the GIL."""
-        from ..realtime import jackapi
-        from ..realtime.jack import JackIo, process
-
-        client = self.client
-        self.io = JackIo(engine, rt.live)
-        self.io.set_ports(None, None, None, None, None)
-        jackapi.set_process_callback(client, process, self.io.address)
-        client.set_xrun_callback(self._on_xrun)
-        client.set_shutdown_callback(self._on_shutdown)
-        self.io.set_ports(client, None, None, None, None)
-        client.activate()
-        self.active = True
-        # Registered once active, so that a port that can be seen can be connected to; the callback
-        # uses a port once its address is in the table.
-        self.audio_out = [client.outports.register(f"out_{i}") for i in range(2)]
-        self.midi_out = client.midi_outports.register("midi_out")
-        self.midi_in = client.midi_inports.register("midi_in")
-        self.io.set_ports(client, self.midi_in, self.midi_out, *self.audio_out)
-        targets = self.audio_targets
-        if targets is None:
-            targets = [p.name for p in client.get_ports(is_audio=True, is_input=True, is_physical=True)]
-        for source, target in zip(self.audio_out, targets):
-            client.connect(source, target)
-        for target in self.midi_targets:
-            client.connect(self.midi_out, target)
-        if self.port_name is not None:
-            client.connect(self.port_name, self.midi_in)
-            self.status.connected = True
-
-    def _on_xrun(self, delayed_usecs: float) -> None:
-        self.xruns += 1
-        if self.on_xrun is not None:
-            self.on_xrun()
-
-    def _on_shutdown(self, status, reason: str) -> None:
-        self.shutdown_reason = reason or "the server stopped"
-
-    def poll(self) -> str | None:
-        """'lost' when the controller's port went away, 'back' when it (or a port its name matches)
-        is there again and connected, else None."""
-        if self.input_name is None or not self.active:
-            return None
-        names = {p.name for p in self.client.get_ports(is_midi=True, is_output=True)}
-        if self.status.connected:
-            if self.port_name not in names:
-                self.status.connected = False
-                self.status.lost += 1
-                return "lost"
-            return None
-        try:
-            port = self.port_name if self.port_name in names else self.find(self.input_name, True, True, "MIDI input")[0]
-            self.client.connect(port, self.midi_in)
-        except Exception:
-            return None
-        self.port_name = port
-        self.status.connected = True
-        self.status.reconnected += 1
-        return "back"
-
-    def close(self) -> None:
-        if self.client is None:
-            return
-        try:
-            if self.active:
-                self.client.deactivate()
-            self.client.close()
-        except Exception:
-            pass
-        self.active = False
-        self.client = None
 
 
 def play(patch: Patch, settings: LiveSettings, out=sys.stderr) -> LiveStats:

@@ -65,6 +65,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import MidiFileError, OutputError
+from ..midi.messages import DATA_BYTES
+from ..midi.messages import channel_message as _channel_message
 
 MIN_SAMPLE_RATE = 1000  # Hz: below, not audio
 MAX_SAMPLE_RATE = 768_000  # Hz: above any sound card
@@ -89,8 +91,6 @@ NO_OP = b"\xff\x01\x00"  # an empty text meta event (after its delta)
 TEXT_TYPE = 0x01
 EOT_TYPE = 0x2F
 
-# Data bytes after each channel status (high nibble): 0xC_ program and 0xD_ channel pressure take one.
-_DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
 
 
 def take_ticks(sample_rate: int) -> tuple[int, int]:
@@ -152,21 +152,6 @@ def _delta(ticks: int) -> bytes:
 
 def _meta_event(meta_type: int, data: bytes) -> bytes:
     return b"\x00\xff" + bytes([meta_type]) + _vlq(len(data)) + data
-
-
-def _channel_message(message) -> bytes | None:
-    """The message as bytes if it is one whole channel message (0x80-0xEF + data), else None."""
-    if isinstance(message, int):  # bytes(n) would be n zero bytes
-        return None
-    try:
-        data = bytes(message)
-    except (TypeError, ValueError):
-        return None
-    if not data or not 0x80 <= data[0] <= 0xEF:
-        return None
-    if len(data) != 1 + _DATA_BYTES[data[0] & 0xF0] or any(b > 0x7F for b in data[1:]):
-        return None
-    return data
 
 
 def _pwrite(fd: int, data: bytes, offset: int) -> None:
@@ -507,7 +492,7 @@ def _tick0_take_text(data: bytes) -> str | None:
                 return None  # not allowed in a file
             else:
                 running = status
-                pos += _DATA_BYTES[status & 0xF0]
+                pos += DATA_BYTES[status & 0xF0]
     except IndexError:
         return None
     return None

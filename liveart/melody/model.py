@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ModelError
 from . import representation as rep
+from .settings import SamplingSettings  # noqa: F401
 
 MODEL_KIND = "liveart-melody"
 REPRESENTATION = "steps16-v1"
@@ -110,30 +111,6 @@ class MelodyModel:
         """tokens (B,) int64, features (B, F) float32, state (rows, B, H) → logits (B, V), new state."""
         logits, new_state = self.session.run(None, {"token": tokens, "features": features, "state": state})
         return logits, new_state
-
-
-@dataclass
-class SamplingSettings:
-    temperature: float = 1.0
-    top_p: float = 0.95
-    density: float = 1.0  # > 1 more new notes, < 1 fewer (scales their probability)
-    key_lock: frozenset[int] | None = None  # allowed pitch classes, or None
-    low_pitch: int = rep.MIN_PITCH
-    high_pitch: int = rep.MAX_PITCH
-
-    def validate(self) -> None:
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a positive number, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], not {self.top_p}")
-        if not (self.density > 0 and math.isfinite(self.density)):
-            raise ValueError(f"density must be a positive number, not {self.density}")
-        if not rep.MIN_PITCH <= self.low_pitch <= self.high_pitch <= rep.MAX_PITCH:
-            raise ValueError(f"the note range must lie within {rep.MIN_PITCH}-{rep.MAX_PITCH}, low <= high; "
-                             f"got {self.low_pitch}-{self.high_pitch}")
-        if self.key_lock is not None and not any(
-                (p % 12) in self.key_lock for p in range(self.low_pitch, self.high_pitch + 1)):
-            raise ValueError("the key lock leaves no note inside the note range")
 
 
 class Sampler:

@@ -31,10 +31,9 @@ import numpy as np
 
 from .. import events as ev
 from . import representation as rep
-from .model import MelodyModel, Sampler, SamplingSettings, Voice, advance
+from .model import MelodyModel, Sampler, Voice, advance
+from .settings import MODES, PlaySettings, parse_key  # noqa: F401 (where callers find them)
 
-MODES = ("answer", "continue", "accompany", "free")
-KEY_LOCK_MODES = ("off", "auto")
 DEFAULT_VELOCITY = 80
 ACCENT = 8  # added on bar lines when a meter is known
 MAX_GAP_RESTS = 32  # rests fed between exchanges, at most (two 4/4 bars)
@@ -44,74 +43,6 @@ MAX_PHRASE_STEPS = 256
 MAX_PHRASE_NOTES = 512  # the player's notes kept for one phrase; older ones are forgotten
 MAX_ANSWER_STEPS = 1024
 KEY_MEMORY = 0.97  # the automatic key follows the player: each ended note fades older ones by this
-
-
-@dataclass(frozen=True)
-class PlaySettings:
-    mode: str = "answer"
-    temperature: float = 1.0
-    top_p: float = 0.95
-    density: float = 1.0
-    answer_ratio: float = 1.0  # answer length / phrase length
-    continue_bars: int = 4
-    silence_seconds: float = 0.6
-    wait_for_bar: bool = True
-    key_lock: str = "off"  # "off", "auto" (from what the player played) or a key such as "D minor"
-    low_pitch: int = 48
-    high_pitch: int = 88
-    velocity: int = 0  # 0 = follow the player's
-    accompany_tail_bars: float = 1.0
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if not 0.05 <= self.answer_ratio <= 8:
-            raise ValueError(f"answer length must be 0.05 to 8 times the phrase, not {self.answer_ratio}")
-        if not 1 <= self.continue_bars <= 1024:
-            raise ValueError(f"bars must be 1 to 1024, not {self.continue_bars}")
-        if not 0 <= self.silence_seconds <= 60:
-            raise ValueError(f"silence must be 0 to 60 s, not {self.silence_seconds}")
-        if not 0 <= self.velocity <= 127:
-            raise ValueError(f"velocity must be 0 (follow the player) to 127, not {self.velocity}")
-        if not 0.05 <= self.temperature <= 5:
-            raise ValueError(f"temperature must be 0.05 to 5, not {self.temperature}")
-        if not 0.05 <= self.density <= 10:
-            raise ValueError(f"density must be 0.05 to 10, not {self.density}")
-        key = parse_key(self.key_lock)
-        lock = rep.scale_pitch_classes(*key) if key else None
-        self.sampling(lock).validate()
-
-    def sampling(self, lock: frozenset[int] | None) -> SamplingSettings:
-        return SamplingSettings(self.temperature, self.top_p, self.density, lock, self.low_pitch, self.high_pitch)
-
-
-_PITCH_CLASSES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
-
-
-def parse_key(text: str) -> tuple[int, str] | None:
-    """'off'/'auto' → None; 'D minor', 'Bb major', 'f#' (minor when lower case) → (tonic, mode)."""
-    t = text.strip()
-    if t.lower() in KEY_LOCK_MODES:
-        return None
-    parts = t.split()
-    if not parts or len(parts) > 2 or parts[0][0].lower() not in _PITCH_CLASSES:
-        raise ValueError(f"key lock must be off, auto or a key such as 'D minor' or 'Bb major', not {text!r}")
-    name = parts[0]
-    tonic = _PITCH_CLASSES[name[0].lower()]
-    for accidental in name[1:]:
-        if accidental in "#♯":
-            tonic += 1
-        elif accidental in "b♭":
-            tonic -= 1
-        else:
-            raise ValueError(f"key lock: {name!r} is not a note name (use e.g. C, F#, Bb)")
-    if len(parts) == 2:
-        mode = parts[1].lower()
-        if mode not in ("major", "minor"):
-            raise ValueError(f"key lock: {parts[1]!r} must be major or minor")
-    else:
-        mode = "minor" if name[0].islower() else "major"
-    return tonic % 12, mode
 
 
 @dataclass

@@ -47,6 +47,9 @@ from collections import deque
 from fractions import Fraction
 from typing import NamedTuple
 
+from .messages import CLOCK_CONTINUE, CLOCK_START, CLOCK_STOP, CLOCK_TICK, SONG_POSITION
+from .messages import as_bytes as _message_bytes
+
 TICKS_PER_QUARTER = 24  # MIDI clock pulses per quarter note
 TICKS_PER_STEP = 6  # a step is a 16th note
 SECONDS_PER_MINUTE = 60
@@ -54,11 +57,6 @@ MIN_BPM = 20.0
 MAX_BPM = 400.0
 
 # MIDI status bytes the follower understands.
-CLOCK_TICK = 0xF8
-CLOCK_START = 0xFA
-CLOCK_CONTINUE = 0xFB
-CLOCK_STOP = 0xFC
-SONG_POSITION = 0xF2
 DATA_BITS = 7  # a MIDI data byte carries 7 bits
 
 MAX_SEGMENTS = 64  # the internal clock's tempo map keeps this many segments (older ones are forgotten)
@@ -679,21 +677,3 @@ def _fit_line(points: deque[tuple[int, int]]) -> tuple[int, float, float] | None
         return None
     b = (sxy - n * mx * my) / var
     return k_ref, f_ref + my - b * mx, b
-
-
-def _message_bytes(message) -> tuple[int, ...] | None:
-    """A MIDI message as a tuple of byte values; None when it is not one."""
-    if hasattr(message, "bytes") and callable(message.bytes):  # a mido Message
-        try:
-            message = message.bytes()
-        except Exception:
-            return None
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return tuple(bytes(message))
-    if not isinstance(message, (list, tuple)):
-        return None
-    try:
-        data = tuple(operator.index(b) for b in message)
-    except TypeError:
-        return None
-    return data if all(0 <= b <= 0xFF for b in data) else None

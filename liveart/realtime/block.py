@@ -29,7 +29,6 @@ import math
 from collections import namedtuple
 
 import numba
-import numpy as np
 
 from .. import events as ev
 from ..synth import kernel

@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from .. import events as ev
+from ..midi.messages import CONTROL_CHANGE, NOTE_OFF, NOTE_ON, PITCH_BEND, PROGRAM_CHANGE
 from . import block as blk
 from .atomics import fence, load_acquire, store_release
 from .rings import ring_peek, ring_push, ring_release
@@ -155,23 +156,23 @@ def _player_message(lv, s, frame, length, b0, b1, b2):
     """A player's channel message at ``frame``: into the engine, the take and the conductor."""
     kind = b0 & 0xF0
     c = b0 & 0x0F
-    if length < 2 and kind != 0xC0:
+    if length < 2 and kind != PROGRAM_CHANGE:
         return
-    if kind == 0x90 and length >= 3:
+    if kind == NOTE_ON and length >= 3:
         if b2 & 0x7F:
             blk.schedule(s, frame, ev.NOTE_ON, c, b1 & 0x7F, b2 & 0x7F)
             lv.held_keys[c, b1 & 0x7F] = 1
         else:
             blk.schedule(s, frame, ev.NOTE_OFF, c, b1 & 0x7F, 0)
             lv.held_keys[c, b1 & 0x7F] = 0
-    elif kind == 0x80 and length >= 3:
+    elif kind == NOTE_OFF and length >= 3:
         blk.schedule(s, frame, ev.NOTE_OFF, c, b1 & 0x7F, 0)
         lv.held_keys[c, b1 & 0x7F] = 0
-    elif kind == 0xB0 and length >= 3:
+    elif kind == CONTROL_CHANGE and length >= 3:
         blk.schedule(s, frame, ev.CONTROL_CHANGE, c, b1 & 0x7F, b2 & 0x7F)
-    elif kind == 0xE0 and length >= 3:
+    elif kind == PITCH_BEND and length >= 3:
         blk.schedule(s, frame, ev.PITCH_BEND, c, ((b2 & 0x7F) << 7 | (b1 & 0x7F)) - 8192, 0)
-    elif kind == 0xC0 and length >= 2:
+    elif kind == PROGRAM_CHANGE and length >= 2:
         blk.schedule(s, frame, ev.PROGRAM_CHANGE, c, b1 & 0x7F, 0)
     else:
         return
@@ -184,16 +185,16 @@ def _player_message(lv, s, frame, length, b0, b1, b2):
 def _event_message(lv, frame, kind, c, a, b):
     """Record an engine event from the conductor as the MIDI message it stands for."""
     if kind == ev.NOTE_ON:
-        _record(lv, frame, 3, 0x90 | c, a, b)
+        _record(lv, frame, 3, NOTE_ON | c, a, b)
     elif kind == ev.NOTE_OFF:
-        _record(lv, frame, 3, 0x80 | c, a, 0)
+        _record(lv, frame, 3, NOTE_OFF | c, a, 0)
     elif kind == ev.CONTROL_CHANGE:
-        _record(lv, frame, 3, 0xB0 | c, a, b)
+        _record(lv, frame, 3, CONTROL_CHANGE | c, a, b)
     elif kind == ev.PITCH_BEND:
         x = a + 8192
-        _record(lv, frame, 3, 0xE0 | c, x & 0x7F, x >> 7)
+        _record(lv, frame, 3, PITCH_BEND | c, x & 0x7F, x >> 7)
     elif kind == ev.PROGRAM_CHANGE:
-        _record(lv, frame, 2, 0xC0 | c, a, 0)
+        _record(lv, frame, 2, PROGRAM_CHANGE | c, a, 0)
 
 
 @_jit
@@ -216,8 +217,8 @@ def _events_from(lv, s, start, end, header, rows):
             for ch in range(16):
                 blk.schedule(s, start, ev.CONTROL_CHANGE, ch, ev.CC_SUSTAIN, 0)
                 blk.schedule(s, start, ev.CONTROL_CHANGE, ch, cc, 0)
-                _record(lv, start, 3, 0xB0 | ch, ev.CC_SUSTAIN, 0)
-                _record(lv, start, 3, 0xB0 | ch, cc, 0)
+                _record(lv, start, 3, CONTROL_CHANGE | ch, ev.CC_SUSTAIN, 0)
+                _record(lv, start, 3, CONTROL_CHANGE | ch, cc, 0)
             continue
         if frame < start:
             ls[L_GEN_LATE] += 1
@@ -292,10 +293,10 @@ def _write_out(lv, midi_out, n_out, offset, length, b0, b1, b2):
     r[2] = b0
     r[3] = b1
     r[4] = b2
-    if b0 & 0xF0 == 0x90 and b2 > 0:
+    if b0 & 0xF0 == NOTE_ON and b2 > 0:
         lv.sounding_out[b0 & 0x0F, b1] = 1
         lv.ever_out[b0 & 0x0F, b1] = 1
-    elif b0 & 0xF0 == 0x80 or b0 & 0xF0 == 0x90:
+    elif b0 & 0xF0 == NOTE_OFF or b0 & 0xF0 == NOTE_ON:
         lv.sounding_out[b0 & 0x0F, b1] = 0
     return True
 
@@ -321,7 +322,7 @@ def _midi_out(lv, start, end, midi_out):
             if notes[c, note]:
                 if n >= midi_out.shape[0]:
                     return n  # the rest next cycle
-                _write_out(lv, midi_out, n, 0, 3, 0x80 | c, note, 0)
+                _write_out(lv, midi_out, n, 0, 3, NOTE_OFF | c, note, 0)
                 n += 1
             ls[L_OFFS_AT] += 1
         if ls[L_OFFS_MODE] == OFFS_SOUNDING:
@@ -387,7 +388,7 @@ def cycle(cfg, v, ch, s, tb, lv, start, now_us, nframes, midi_in, n_in, audio, m
                 _push_message(lv, lv.control_header, lv.control, frame, length, m[2], m[3], m[4])
             continue
         taken += 1
-        note_off = (m[2] & 0xF0 == 0x80) or (m[2] & 0xF0 == 0x90 and length > 2 and m[4] == 0)
+        note_off = (m[2] & 0xF0 == NOTE_OFF) or (m[2] & 0xF0 == NOTE_ON and length > 2 and m[4] == 0)
         if taken > MAX_EVENTS_PER_CYCLE and not note_off:
             ls[L_DROPPED] += 1  # a flood: note-offs always go through
             continue
@@ -437,6 +438,21 @@ class LiveState:
             now=self.now.data, visual_header=self.visual.header, visual=self.visual.data,
             visual_row=np.zeros(7, np.float64))
         self._published = np.zeros(3, np.int64)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from numba's cache) what the Python threads call, now: a first call
+        during the performance would hold the GIL for seconds while it compiles."""
+        from .rings import Ring
+
+        for dtype, width in ((np.int64, MSG), (np.float64, 7)):
+            ring = Ring(2, width, dtype)
+            ring.push(np.zeros(width, dtype))
+            ring.pop_many()
+            ring.push(np.zeros(width, dtype))
+            ring.pop()
+            len(ring)
+        self.published()
 
     @property
     def ls(self) -> np.ndarray:

@@ -10,10 +10,7 @@ unchanged in shape, as long as the callback can run.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-
-from .atomics import address_as_voidptr
 
 MAX_DIMS = 5
 SLOT = 2 + MAX_DIMS  # a field's words: kind/ndim, address (or value), shape

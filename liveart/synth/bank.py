@@ -20,8 +20,6 @@ voice and band.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import kernel

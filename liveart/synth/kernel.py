@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numba
-import numpy as np
 
 
 def _fall_span(env, j0, j1, t0, base, scale, step, curve_k, curve_floor, anchor_mask, level, floor):

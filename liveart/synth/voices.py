@@ -15,8 +15,8 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from .presets import (BRIGHTNESS_TILT_RANGE, N_HARMONICS, N_NOISE_BANDS, NOISE_AMOUNT_RANGE, NOISE_HIGH_HZ,
-                      NOISE_LOW_HZ, VELOCITY_CURVE, Preset)
+from .presets import (BRIGHTNESS_TILT_RANGE, N_HARMONICS, NOISE_AMOUNT_RANGE, NOISE_HIGH_HZ, NOISE_LOW_HZ,
+                      VELOCITY_CURVE, Preset)
 
 # Kept here (not imported from bank) so that bank can import this module.
 TABLE_SIZE = 2048

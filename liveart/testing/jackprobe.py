@@ -37,6 +37,8 @@ import numpy as np
 
 from ..errors import LiveartError
 from ..hosts.realtime import RepeatedMidi
+from ..midi.messages import (CLOCK_CONTINUE, CLOCK_PULSES_PER_QUARTER, CLOCK_START, CLOCK_STOP, CLOCK_TICK,  # noqa: F401
+                             NOTE_OFF, NOTE_ON)
 
 DEFAULT_SAMPLE_RATE = 48000
 DEFAULT_PERIOD_FRAMES = 128
@@ -46,14 +48,6 @@ CLIENT_TIMEOUT_MS = 5000  # jackd -t: a non-realtime Python client may stall for
 POLL_INTERVAL_S = 0.02
 MIDI_CAPTURE_CAPACITY = 65536
 MIDI_BYTES_KEPT = 3  # longer messages (SysEx) are recorded by their first bytes and their length
-
-NOTE_ON = 0x90
-NOTE_OFF = 0x80
-CLOCK_START = 0xFA
-CLOCK_TICK = 0xF8
-CLOCK_CONTINUE = 0xFB
-CLOCK_STOP = 0xFC
-CLOCK_PULSES_PER_QUARTER = 24
 
 # The anchor's onset rule (NOTES section 6): the first sample above -50 dBFS and above 4x the peak
 # just before the note.

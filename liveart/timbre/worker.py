@@ -98,6 +98,10 @@ class TimbreService:
         self._rows = np.zeros_like(pools.req_rows)
         self._meta = np.zeros_like(pools.req_meta)
         self._places = np.zeros_like(pools.req_places)
+        # Compiled now, not on the worker's first request (a compile holds the GIL for seconds).
+        read_request(pools.req_seq, pools.req_rows, pools.req_meta, pools.req_places, self._rows, self._meta,
+                     self._places)
+        pools.on_free.push(pools.on_free.pop())
 
     def make_first_tables(self, places: np.ndarray) -> None:
         """The onset tables for the channels' first places, into slab 0 (before the block runs)."""
