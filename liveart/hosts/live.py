@@ -436,6 +436,9 @@ class LiveHost(Conductor):
         started = time.perf_counter()
         try:
             self._worker_wake = self.timbre_worker.wake if self.timbre_worker is not None else None
+            # Until the first callback publishes where the engine stands: frame 0 is now.
+            self.rt.ls[cb.L_PUB_TIME] = self._clock_us()
+            self.rt.ls[cb.L_PUB_FRAMES] = self.block_frames
             if self.jack is not None:
                 self.jack.start(self.engine, self.rt)
             else:

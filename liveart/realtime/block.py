@@ -644,34 +644,33 @@ def read_request(req_seq, req_rows, req_meta, req_places, rows, meta, places):
 
 
 @_jit
+def _take_newest(ready_header, ready, free_header, free, held, row):
+    """The newest slab in a pool's ready ring, or ``held`` when none came (-1: none held); the slabs
+    it replaces go back to the pool's free ring."""
+    while True:
+        i = ring_peek(ready_header, ready)
+        if i < 0:
+            return held
+        slab = ready[i, 0]
+        ring_release(ready_header)
+        if held >= 0:
+            row[0] = held
+            ring_push(free_header, free, row)
+        held = slab
+
+
+@_jit
 def take_onset_tables(tb, s):
     """The newest onset tables the worker has made become current; older ones go back to it."""
-    row = tb.pool_row
-    while True:
-        i = ring_peek(tb.on_ready_header, tb.on_ready)
-        if i < 0:
-            return
-        slab = tb.on_ready[i, 0]
-        ring_release(tb.on_ready_header)
-        row[0] = s.st[S_ONSET_TABLE]
-        ring_push(tb.on_free_header, tb.on_free, row)
-        s.st[S_ONSET_TABLE] = slab
+    s.st[S_ONSET_TABLE] = _take_newest(tb.on_ready_header, tb.on_ready, tb.on_free_header, tb.on_free,
+                                       s.st[S_ONSET_TABLE], tb.pool_row)
 
 
 @_jit
 def _take_result(tb, s):
     """The newest decoded frames become the held result; older ones go back to the worker."""
-    row = tb.pool_row
-    while True:
-        i = ring_peek(tb.res_ready_header, tb.res_ready)
-        if i < 0:
-            return
-        slab = tb.res_ready[i, 0]
-        ring_release(tb.res_ready_header)
-        if s.st[S_RESULT] >= 0:
-            row[0] = s.st[S_RESULT]
-            ring_push(tb.res_free_header, tb.res_free, row)
-        s.st[S_RESULT] = slab
+    s.st[S_RESULT] = _take_newest(tb.res_ready_header, tb.res_ready, tb.res_free_header, tb.res_free,
+                                  s.st[S_RESULT], tb.pool_row)
 
 
 @_jit
