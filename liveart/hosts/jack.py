@@ -65,7 +65,7 @@ class JackIO:
         self.input_name = name
         self.port_name = self.find(name, midi=True, output=True, what="MIDI input")[0]  # (a port that sends to us)
 
-    def start(self, engine, rt) -> None:
+    def start(self, engine, rt, wake_fd: int = -1) -> None:
         """Activate with the compiled process callback (:mod:`liveart.realtime.jack`) running
         ``engine`` with the cycle state ``rt``; it never takes the GIL."""
         from ..realtime import jackapi
@@ -73,6 +73,7 @@ class JackIO:
 
         client = self.client
         self.io = JackIo(engine, rt.live)
+        self.io.set_wake(wake_fd)
         self.io.set_ports(None, None, None, None, None)
         jackapi.set_process_callback(client, process, self.io.address)
         client.set_xrun_callback(self._on_xrun)

@@ -440,7 +440,8 @@ class LiveHost(Conductor):
             self.rt.ls[cb.L_PUB_TIME] = self._clock_us()
             self.rt.ls[cb.L_PUB_FRAMES] = self.block_frames
             if self.jack is not None:
-                self.jack.start(self.engine, self.rt)
+                self.jack.start(self.engine, self.rt,
+                                self.timbre_worker.wake_fd if self.timbre_worker is not None else -1)
             else:
                 self._pa_rows = np.zeros((MAX_INBOX, cb.MSG), np.int64)
                 self._pa_out = np.zeros((256, cb.MSG), np.int64)
@@ -463,10 +464,6 @@ class LiveHost(Conductor):
             if os.environ.get(GIL_HOG_ENV):
                 self._gil_holds: list[int] = []
                 self._start_thread(self._gil_hog, "liveart-test-gil-hog")
-            if self.jack is not None and self.timbre_worker is not None:
-                # The compiled callback cannot wake the worker: it looks for requests often.
-                self.timbre_worker.POLL_SECONDS = min(self.timbre_worker.POLL_SECONDS,
-                                                      0.5 * self.block_frames / self.sample_rate)
             main_priority = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
             raise_priority()
             try:

@@ -16,6 +16,7 @@ import ctypes
 import numba
 import numpy as np
 
+from . import block as blk
 from . import callback as cb
 from . import handles, jackapi
 from .atomics import address_as_voidptr, c_caller
@@ -27,7 +28,7 @@ MIDI_ROWS = 256  # MIDI messages read (or written) in one cycle at most
 (IO_CLIENT, IO_MIDI_IN, IO_MIDI_OUT, IO_OUT_0, IO_OUT_1, IO_CFG, IO_VOICES, IO_CHANNELS, IO_STATE, IO_TIMBRE,
  IO_LIVE, IO_ROWS_IN, IO_ROWS_OUT, IO_EVENT, IO_BYTES, IO_AUDIO,
  IO_PORT_BUFFER, IO_EVENT_COUNT, IO_EVENT_GET, IO_CLEAR_BUFFER, IO_EVENT_WRITE, IO_LAST_FRAME_TIME, IO_FRAME_TIME,
- IO_GET_TIME, IO_SIZE) = range(25)
+ IO_GET_TIME, IO_WRITE, IO_WAKE_FD, IO_SIZE) = range(27)
 _FUNCTIONS = {IO_PORT_BUFFER: "jack_port_get_buffer", IO_EVENT_COUNT: "jack_midi_get_event_count",
               IO_EVENT_GET: "jack_midi_event_get", IO_CLEAR_BUFFER: "jack_midi_clear_buffer",
               IO_EVENT_WRITE: "jack_midi_event_write", IO_LAST_FRAME_TIME: "jack_last_frame_time",
@@ -40,6 +41,7 @@ _clear_buffer = c_caller("void", "i64")  # void jack_midi_clear_buffer(void *buf
 _event_write = c_caller("i32", "i64", "i32", "i64", "i64")  # int jack_midi_event_write(buffer, time, data, size)
 _frame_time = c_caller("i32", "i64")  # jack_nframes_t jack_(last_)frame_time(const jack_client_t *)
 _get_time = c_caller("i64")  # jack_time_t jack_get_time(void): microseconds
+_write = c_caller("i64", "i64", "i64", "i64")  # ssize_t write(int fd, const void *buf, size_t count)
 
 
 class JackIo:
@@ -61,6 +63,13 @@ class JackIo:
             w[i] = a.ctypes.data
         for i, name in _FUNCTIONS.items():
             w[i] = ctypes.cast(jackapi._lib[name], ctypes.c_void_p).value
+        w[IO_WRITE] = ctypes.cast(ctypes.CDLL(None).write, ctypes.c_void_p).value
+        w[IO_WAKE_FD] = -1
+
+    def set_wake(self, fd: int) -> None:
+        """A non-blocking pipe's write end: the callback writes a byte to it in a cycle that asked the
+        timbre worker for something (a write to a pipe does not wait), so the worker need not poll."""
+        self.words[IO_WAKE_FD] = fd
 
     def set_ports(self, client, midi_in, midi_out, out_0, out_1) -> None:
         """The client's and ports' addresses (0 until a port is registered: the callback skips it)."""
@@ -109,9 +118,11 @@ def process(nframes, arg):
             n_in += 1
     audio = numba.carray(address_as_voidptr(w[IO_AUDIO]), (MAX_BLOCK_FRAMES, 2), np.float32)[:nframes]
     rows_out = numba.carray(address_as_voidptr(w[IO_ROWS_OUT]), (MIDI_ROWS, cb.MSG), np.int64)
-    n_out = cb.cycle(unpack_config(w[IO_CFG]), unpack_voices(w[IO_VOICES]), unpack_channels(w[IO_CHANNELS]),
-                     unpack_state(w[IO_STATE]), unpack_timbre(w[IO_TIMBRE]), lv, start, began, nframes, rows_in,
-                     n_in, audio, rows_out)
+    s = unpack_state(w[IO_STATE])
+    n_out = cb.cycle(unpack_config(w[IO_CFG]), unpack_voices(w[IO_VOICES]), unpack_channels(w[IO_CHANNELS]), s,
+                     unpack_timbre(w[IO_TIMBRE]), lv, start, began, nframes, rows_in, n_in, audio, rows_out)
+    if w[IO_WAKE_FD] >= 0 and s.st[blk.S_STOPPED]:  # the block asked the timbre worker for frames
+        _write(w[IO_WRITE], w[IO_WAKE_FD], w[IO_BYTES], 1)
     for port, column in ((w[IO_OUT_0], 0), (w[IO_OUT_1], 1)):
         if port != 0:
             out = numba.carray(address_as_voidptr(_port_buffer(w[IO_PORT_BUFFER], port, nframes)), (nframes,),

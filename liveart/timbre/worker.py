@@ -17,6 +17,8 @@ slow decoder makes the sound lag, never stop. onnxruntime releases the GIL while
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import time
 from collections import deque
@@ -211,7 +213,7 @@ class TimbreWorker:
     ``close()`` (or a ``with`` block) stops it."""
 
     asynchronous = True
-    POLL_SECONDS = 0.002  # it looks for requests at least this often when not woken
+    POLL_SECONDS = 0.02  # not woken, it looks for work this often (onset tables waiting for a free slab)
 
     def __init__(self, model, sample_rate: int, slowdown_seconds: float = 0.0):
         self.model = model
@@ -223,7 +225,10 @@ class TimbreWorker:
         self.slowdown_seconds = slowdown_seconds
         self.service: TimbreService | None = None
         self.thread_setup = None  # called first on the worker's thread (the live host raises its priority)
-        self._wake = threading.Event()
+        # Woken by a byte down a pipe: from Python (wake()), or from the compiled JACK callback, which
+        # writes to ``wake_fd`` when its block has asked for something (a write to a pipe never waits).
+        self._wake_r, self.wake_fd = os.pipe()
+        os.set_blocking(self.wake_fd, False)
         self._running = False
         self._thread: threading.Thread | None = None
 
@@ -248,7 +253,10 @@ class TimbreWorker:
         return self.service.decode_seconds if self.service else deque()
 
     def wake(self) -> None:
-        self._wake.set()
+        try:
+            os.write(self.wake_fd, b"x")
+        except OSError:  # the pipe is full of wake-ups: the worker is awake anyway
+            pass
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Tests and offline checks: wait until everything posted has been served."""
@@ -263,9 +271,14 @@ class TimbreWorker:
 
     def close(self) -> None:
         self._running = False
-        self._wake.set()
+        self.wake()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+        for fd in (self._wake_r, self.wake_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self):
         return self
@@ -277,8 +290,12 @@ class TimbreWorker:
         if self.thread_setup is not None:
             self.thread_setup()
         while self._running:
-            self._wake.wait(self.POLL_SECONDS)
-            self._wake.clear()
+            ready, _, _ = select.select([self._wake_r], [], [], self.POLL_SECONDS)
+            if ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    return
             self._busy = True
             try:
                 self.service.serve()
