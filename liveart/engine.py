@@ -65,10 +65,6 @@ DEFAULT_TEMPO_US = 500_000
 MAX_GLIDE_PER_HOP = blk.MAX_GLIDE_PER_HOP
 
 
-def note_hz(note: float) -> float:
-    return 440.0 * 2.0 ** ((note - 69.0) / 12.0)
-
-
 class EngineStats:
     """Health counters, read from the block's own (never log from the audio path)."""
 

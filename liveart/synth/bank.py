@@ -140,18 +140,6 @@ class VoiceBank:
         self.reserve(8192)
 
     # ------------------------------------------------------------------ envelopes (reference)
-    def adsr_level(self, slots: np.ndarray, frame: int) -> np.ndarray:
-        """Envelope level (without steal fade) of ``slots`` at ``frame``, shape (len(slots),)."""
-        d = (frame - self.t_on[slots]).astype(np.float64)
-        a, dcy, s = self.attack_frames[slots], self.decay_frames[slots], self.sustain_level[slots]
-        level = np.where(d < a, d / a, s + (1.0 - s) * _curve(np.clip((d - a) / dcy, 0.0, 1.0)))
-        level = np.where(d < 0, 0.0, level)
-        released = frame >= self.t_off[slots]
-        if np.any(released):
-            u = np.clip((frame - self.t_off[slots]) / self.release_frames[slots], 0.0, 1.0)
-            level = np.where(released, self.level_off[slots] * _curve(u), level)
-        return level
-
     def _envelope(self, act: np.ndarray, t0: int, n: int, tt: np.ndarray) -> np.ndarray:
         """Envelope of the voices ``act`` over frames tt = t0..t0+n-1, shape (V, n), float32."""
         env = np.empty((len(act), n), np.float32)
