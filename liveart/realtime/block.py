@@ -594,6 +594,8 @@ def _post(cfg, v, s, tb, t, boundary, places):
     seq = tb.req_seq[REQ_SEQ]
     store_release(tb.req_seq, REQ_SEQ, seq + 1)
     fence()  # the writes below come after the odd count
+    for c in range(16):  # every channel's place at the boundary (a voice's is its channel's)
+        _glide_predict(cfg, s, tb, boundary, c, tb.req_places[c])
     rows = tb.req_rows
     sr = cfg.sample_rate
     n = 0
@@ -608,13 +610,11 @@ def _post(cfg, v, s, tb, t, boundary, places):
         r[R_ON] = (boundary - v.t_on[slot]) / sr
         r[R_OFF] = (boundary - v.t_off[slot]) / sr if v.t_off[slot] < FAR_FUTURE else -1.0
         r[R_FREQ] = v.freq_after[slot]
-        _glide_predict(cfg, s, tb, boundary, v.channel[slot], r[R_Z:])
+        r[R_Z:] = tb.req_places[v.channel[slot]]
         n += 1
     meta = tb.req_meta
     meta[M_BOUNDARY] = boundary
     meta[M_COUNT] = n
-    for c in range(16):
-        _glide_predict(cfg, s, tb, boundary, c, tb.req_places[c])
     if places:
         tb.req_seq[REQ_PLACES] += 1
         s.st[S_PLACES_DIRTY] = 0

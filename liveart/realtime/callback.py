@@ -48,8 +48,8 @@ Live = namedtuple("Live", (
 # Live.ls: counters and registers.
 (L_CALLBACKS, L_INPUT, L_DROPPED, L_LATE_INPUT, L_GEN_LATE, L_GEN_LATE_MAX, L_CAUGHT_UP, L_SLIPPED, L_HELD,
  L_REPEATED, L_REPEATED_MOVED, L_NEXT_CYCLE, L_HAVE_CYCLE, L_CYCLE, L_PREVIOUS, L_SINCE, L_SEEN, L_EXTERNAL_CLOCK,
- L_CONDUCTOR, L_OFFS_MODE, L_OFFS_AT, L_OUT_DROPPED, L_RING_FULL, L_RECORDED, L_PUB_SEQ, L_PUB_FRAME, L_PUB_TIME,
- L_PUB_FRAMES, L_SIZE) = range(29)
+ L_CONDUCTOR, L_OFFS_MODE, L_OFFS_AT, L_OUT_DROPPED, L_RING_FULL, L_PUB_SEQ, L_PUB_FRAME, L_PUB_TIME, L_PUB_FRAMES,
+ L_SIZE) = range(28)
 L_FIELDS = {"callbacks": L_CALLBACKS, "input_messages": L_INPUT, "input_dropped": L_DROPPED,
             "late_input": L_LATE_INPUT, "generated_late": L_GEN_LATE, "generated_late_max_frames": L_GEN_LATE_MAX,
             "caught_up_frames": L_CAUGHT_UP, "slipped_frames": L_SLIPPED, "held_frames": L_HELD,
@@ -148,7 +148,6 @@ def _push_message(lv, header, data, frame, length, b0, b1, b2):
 @_jit
 def _record(lv, frame, length, b0, b1, b2):
     _push_message(lv, lv.played_header, lv.played, frame, length, b0, b1, b2)
-    lv.ls[L_RECORDED] += 1
 
 
 @_jit

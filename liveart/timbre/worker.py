@@ -230,6 +230,7 @@ class TimbreWorker:
         self._wake_r, self.wake_fd = os.pipe()
         os.set_blocking(self.wake_fd, False)
         self._running = False
+        self._busy = False  # serving (wait_idle waits for it)
         self._thread: threading.Thread | None = None
 
     def start(self, service: TimbreService) -> None:
@@ -266,8 +267,6 @@ class TimbreWorker:
                 return True
             time.sleep(0.0002)
         return False
-
-    _busy = False
 
     def close(self) -> None:
         self._running = False
